@@ -1,0 +1,5 @@
+import sys
+
+from lab2.cli import main
+
+sys.exit(main())

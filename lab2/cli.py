@@ -1,0 +1,86 @@
+"""`python -m lab2 ...`: a thin command line over the package.
+
+Bad input ends in one line naming the file and the key, and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from lab2.config import ConfigError
+
+
+def cmd_validate(args) -> int:
+    from lab2.config import experiment_files, load_config
+
+    bad = 0
+    for path in experiment_files(args.paths):
+        try:
+            cfg = load_config(path)
+        except ConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            bad += 1
+        else:
+            print(f"ok   {path}  experiment={cfg.experiment} config_hash={cfg.config_hash}")
+    return 2 if bad else 0
+
+
+def cmd_sweep(args) -> int:
+    from lab2.sweep import run_sweep
+
+    outcomes = run_sweep(args.sweep, args.out)
+    return 1 if any(o.status == "failed" for o in outcomes) else 0
+
+
+def cmd_tiny_model(args) -> int:
+    from lab2.modeling import build_tiny_llama
+
+    out = Path(args.dir)
+    if (out / "config.json").is_file() and not args.force:
+        print(f"{out} already exists (use --force to rebuild)")
+        return 0
+    build_tiny_llama(out)
+    print(f"tiny Llama written to {out}")
+    return 0
+
+
+def cmd_sample_data(args) -> int:
+    from lab2 import sample_data
+
+    print(f"sample conversations written to {sample_data.write(args.path)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m lab2", description="LoRA fine-tuning lab: sweeps of papermill-run notebooks")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("validate", help="check params files without running anything")
+    p.add_argument("paths", nargs="+", help="params files or folders of them")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("sweep", help="run train.ipynb once per params file")
+    p.add_argument("sweep", nargs="?", default="params/demo", help="folder of params files (default params/demo)")
+    p.add_argument("--out", default="outputs", help="output root (default outputs)")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("tiny-model", help="build the offline tiny Llama (real Llama 3.2 tokenizer, random weights)")
+    p.add_argument("dir", nargs="?", default="models/tiny-llama")
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(func=cmd_tiny_model)
+
+    p = sub.add_parser("sample-data", help="regenerate the shipped synthetic conversations")
+    p.add_argument("path", nargs="?", default="data/sample_conversations.jsonl")
+    p.set_defaults(func=cmd_sample_data)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

