@@ -32,7 +32,7 @@ class Outcome:
 
     @property
     def outside_training_seconds(self) -> float | None:
-        if self.status != "complete" or self.train_seconds is None:
+        if self.train_seconds is None or not self.wall_seconds:
             return None
         return self.wall_seconds - self.train_seconds
 
@@ -75,7 +75,7 @@ def run_experiment(params_file: Path, out_root: Path, overrides: dict | None = N
         name = cfg.experiment
         exp_dir = out_root / name
         if runs.is_complete(exp_dir, cfg.config_hash):
-            return Outcome(name, "skipped")
+            return _outcome_from_metrics(name, "skipped", runs.read_metrics(exp_dir))
         notebook_out = exp_dir / "train.ipynb"
         if notebook_out.exists():  # from a failed or interrupted run: keep it for the post-mortem
             notebook_out.replace(exp_dir / "train.failed.ipynb")
@@ -92,9 +92,14 @@ def run_experiment(params_file: Path, out_root: Path, overrides: dict | None = N
     metrics = runs.read_metrics(exp_dir) or {}
     if not runs.is_complete(exp_dir, cfg.config_hash):  # an older run's file must not pass for this one
         return Outcome(name, "failed", wall, error=metrics.get("error", "the notebook ended without a complete metrics.json"))
-    train = metrics["train"]
-    runs.update_metrics(exp_dir, timing={"wall_seconds": wall, "outside_training_seconds": wall - train["training_time_seconds"]})
-    return Outcome(name, "complete", wall, train["training_time_seconds"], train["final_eval_loss"])
+    train_seconds = metrics["train"]["training_time_seconds"]
+    metrics = runs.update_metrics(exp_dir, timing={"wall_seconds": wall, "outside_training_seconds": wall - train_seconds})
+    return _outcome_from_metrics(name, "complete", metrics)
+
+
+def _outcome_from_metrics(name: str, status: str, metrics: dict) -> Outcome:
+    train, timing = metrics["train"], metrics.get("timing", {})
+    return Outcome(name, status, timing.get("wall_seconds", 0.0), train["training_time_seconds"], train["final_eval_loss"])
 
 
 def _fmt(value: float | None, spec: str = ".1f") -> str:
@@ -128,7 +133,7 @@ def run_sweep(sweep: str | Path, out_root: str | Path = "outputs", overrides: di
         print(f"[{i}/{len(files)}] {params_file.stem} ... (sweep elapsed {elapsed:.0f} s)", flush=True)
         outcome = run_experiment(params_file, out_root, overrides, show_cells)
         outcomes.append(outcome)
-        detail = f"{outcome.wall_seconds:.1f} s" if outcome.status != "skipped" else "already complete"
+        detail = "already complete with these params" if outcome.status == "skipped" else f"{outcome.wall_seconds:.1f} s"
         print(f"[{i}/{len(files)}] {outcome.name}: {outcome.status} ({detail})" + (f": {outcome.error}" if outcome.error else ""), flush=True)
     total = time.perf_counter() - sweep_start
     failed = sum(o.status == "failed" for o in outcomes)

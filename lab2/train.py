@@ -99,7 +99,7 @@ def sft_config(cfg: ExperimentConfig, checkpoint_dir: Path, dtype: torch.dtype) 
         per_device_train_batch_size=t.batch_size,
         per_device_eval_batch_size=t.batch_size,
         gradient_accumulation_steps=t.gradient_accumulation_steps,
-        gradient_checkpointing=t.gradient_checkpointing,
+        activation_checkpointing=t.gradient_checkpointing,  # transformers 5 name of gradient checkpointing
         optim=t.optimizer,
         weight_decay=t.weight_decay,
         seed=t.seed,

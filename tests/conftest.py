@@ -1,0 +1,55 @@
+"""Shared fixtures: the offline tiny Llama, its tokenizer, and params trees in tmp."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE_DATA = REPO / "data" / "sample_conversations.jsonl"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    from lab2.modeling import build_tiny_llama
+
+    # Narrower than the demo model (64 vs 256) to keep the suite fast; same tokenizer and code path.
+    return build_tiny_llama(tmp_path_factory.mktemp("models") / "tiny-llama", hidden_size=64)
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tiny_model_dir):
+    from lab2.modeling import load_tokenizer
+
+    return load_tokenizer(str(tiny_model_dir), "llama-3.1")
+
+
+def tiny_base(model_dir: Path, **train) -> dict:
+    """A params base for fast CPU runs on the tiny model and the shipped sample data."""
+    return {
+        "model": {"name": str(model_dir), "max_seq_length": 256, "load_in_4bit": False, "dtype": "float32"},
+        "lora": {"r": 4, "alpha": 8},
+        "data": {"source": str(SAMPLE_DATA), "subset": 120, "val_size": 8, "test_size": 8},
+        "train": {
+            "max_steps": 4, "learning_rate": 2e-3, "warmup_steps": 0, "batch_size": 2,
+            "gradient_accumulation_steps": 1, "gradient_checkpointing": False,
+            "eval_steps": 2, "save_steps": 2, **train,
+        },
+    }
+
+
+@pytest.fixture
+def params_tree(tmp_path, tiny_model_dir):
+    """Returns write(relative_path, mapping) -> Path, with params/base.yaml set for the tiny model."""
+    root = tmp_path / "params"
+
+    def write(relative: str, data: dict | str) -> Path:
+        path = root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(data if isinstance(data, str) else yaml.safe_dump(data))
+        return path
+
+    write("base.yaml", tiny_base(tiny_model_dir))
+    return write

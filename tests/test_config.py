@@ -1,0 +1,96 @@
+import subprocess
+import sys
+
+import pytest
+
+from lab2.config import ConfigError, base_chain, deep_merge, experiment_files, load_config
+
+
+def test_deep_merge_overrides_leaves_and_keeps_siblings():
+    base = {"train": {"learning_rate": 1e-4, "max_steps": 60}, "lora": {"r": 16}}
+    merged = deep_merge(base, {"train": {"learning_rate": 5e-4}})
+    assert merged == {"train": {"learning_rate": 5e-4, "max_steps": 60}, "lora": {"r": 16}}
+    assert base["train"]["learning_rate"] == 1e-4  # input untouched
+
+
+def test_experiment_inherits_every_base_outermost_first(params_tree):
+    params_tree("demo/base.yaml", {"train": {"max_steps": 8, "learning_rate": 1e-3}})
+    exp = params_tree("demo/lr.yaml", {"train": {"learning_rate": 5e-3}})
+    assert [p.parent.name for p in base_chain(exp)] == ["params", "demo"]
+    cfg = load_config(exp)
+    assert cfg.experiment == "lr"  # defaults to the file name
+    assert cfg.train.learning_rate == 5e-3  # the file wins
+    assert cfg.train.max_steps == 8  # the sweep's base beats the root base (4)
+    assert cfg.lora.r == 4  # the root base still applies
+
+
+def test_config_hash_tracks_content(params_tree):
+    a = load_config(params_tree("s/a.yaml", {"experiment": "x"}))
+    b = load_config(params_tree("s/b.yaml", {"experiment": "x"}))
+    c = load_config(params_tree("s/c.yaml", {"experiment": "x", "lora": {"r": 8}}))
+    assert a.config_hash == b.config_hash != c.config_hash
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ({"train": {"lerning_rate": 1e-3}}, "unknown key 'train.lerning_rate' (did you mean 'train.learning_rate'?)"),
+        ({"train": {"learning_rate": 0}}, "train.learning_rate: Input should be greater than 0"),
+        ({"train": {"learning_rate": -1e-4}}, "train.learning_rate: Input should be greater than 0"),
+        ({"lora": {"r": 0}}, "lora.r: Input should be greater than 0"),
+        ({"train": {"max_steps": -5}}, "train.max_steps: Input should be greater than 0"),
+        ({"train": {"batch_size": "two"}}, "train.batch_size: Input should be a valid integer"),
+        ({"train": {"eval_steps": 50}}, "eval_steps=50 is larger than max_steps=4"),
+        ({"train": {"epochs": 1}}, "set exactly one of max_steps and epochs"),
+        ({"data": {"val_size": 60, "test_size": 60}}, "leaves no training rows in subset=120"),
+        ({"model": {"dtype": "float8"}}, "model.dtype: Input should be 'auto', 'float32', 'bfloat16' or 'float16'"),
+        ({"experiment": "has space"}, "experiment: String should match pattern"),
+    ],
+)
+def test_bad_values_name_the_file_and_key(params_tree, override, expected):
+    path = params_tree("s/bad.yaml", override)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert expected in message
+    assert str(path) in message or "base.yaml" in message
+
+
+def test_error_blames_the_file_that_set_the_key(params_tree):
+    params_tree("s/base.yaml", {"lora": {"r": -1}})
+    exp = params_tree("s/exp.yaml", {"experiment": "exp"})
+    with pytest.raises(ConfigError, match=r"params/s/base\.yaml: lora\.r"):
+        load_config(exp)
+
+
+def test_yaml_syntax_error_names_file_and_line(params_tree):
+    path = params_tree("s/broken.yaml", "train:\n  max_steps: 4\n  learning_rate: [1e-3\n")
+    with pytest.raises(ConfigError, match=r"broken\.yaml:\d+:\d+: YAML syntax error"):
+        load_config(path)
+
+
+def test_experiment_files_skip_bases(params_tree):
+    params_tree("s/base.yaml", {})
+    params_tree("s/b.yaml", {})
+    params_tree("s/a.yml", {})
+    assert [p.name for p in experiment_files([params_tree("s/c.yaml", {}).parent])] == ["a.yml", "b.yaml", "c.yaml"]
+
+
+def test_cli_validate_reports_one_line_per_bad_file_without_traceback(params_tree):
+    good = params_tree("s/good.yaml", {})
+    bad = params_tree("s/bad.yaml", {"lora": {"rank": 8}})
+    result = subprocess.run(
+        [sys.executable, "-m", "lab2", "validate", str(good.parent)], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 2
+    assert f"ok   {good}" in result.stdout
+    assert result.stderr.strip() == f"error: {bad}: unknown key 'lora.rank' (did you mean 'lora.r'?)"
+    assert "Traceback" not in result.stderr
+
+
+def test_shipped_params_are_valid():
+    from tests.conftest import REPO
+
+    for path in experiment_files([REPO / "params" / "demo"]):
+        load_config(path)
+    assert len(experiment_files([REPO / "params" / "demo"])) >= 4
