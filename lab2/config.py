@@ -79,8 +79,8 @@ class TrainSection(_Section):
     gradient_checkpointing: bool = True
     seed: int = 3407
     logging_steps: PositiveInt = 1
-    eval_steps: PositiveInt = 250
-    save_steps: PositiveInt = 250
+    eval_steps: PositiveInt = 20
+    save_steps: PositiveInt = 20
     save_total_limit: PositiveInt = 2
 
     @model_validator(mode="after")
@@ -213,7 +213,7 @@ def _describe(error: dict, layers: list[tuple[Path, dict]]) -> str:
             owner = path
             break
     if error["type"] == "extra_forbidden":
-        hint = difflib.get_close_matches(loc[-1], _section_fields(loc), n=1)
+        hint = difflib.get_close_matches(loc[-1], _section_fields(loc), n=1, cutoff=0.4)  # "rank" -> "r"
         suggestion = f" (did you mean '{'.'.join(loc[:-1] + (hint[0],))}'?)" if hint else ""
         return f"{owner}: unknown key '{key}'{suggestion}"
     message = error["msg"].removeprefix("Value error, ")

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import matplotlib
-
-matplotlib.use("Agg")  # headless by default; notebooks still display returned figures inline
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt  # no backend forced: inline in a kernel, Agg when headless
 
 
 def plot_loss_curves(runs: dict[str, dict], title: str = "Loss"):

@@ -6,6 +6,13 @@ import pytest
 from lab2.config import ConfigError, base_chain, deep_merge, experiment_files, load_config
 
 
+def test_defaults_alone_are_a_valid_config():
+    from lab2.config import ExperimentConfig
+
+    cfg = ExperimentConfig(experiment="defaults")
+    assert cfg.train.eval_steps <= cfg.train.max_steps and cfg.data.source == "mlabonne/FineTome-100k"
+
+
 def test_deep_merge_overrides_leaves_and_keeps_siblings():
     base = {"train": {"learning_rate": 1e-4, "max_steps": 60}, "lora": {"r": 16}}
     merged = deep_merge(base, {"train": {"learning_rate": 5e-4}})
