@@ -114,21 +114,50 @@ class DataSection(_Section):
         return self
 
 
+DEFAULT_PROMPTS = [
+    "What is machine learning?",
+    "Explain the difference between supervised and unsupervised learning.",
+    "What is the capital of France?",
+    "Give me three tips for studying effectively.",
+]
+
+
+class EvalSection(_Section):
+    prompts: list[str] = Field(default_factory=lambda: list(DEFAULT_PROMPTS), min_length=1)
+    # N test conversations whose generated last reply is scored with BLEU / ROUGE-L.
+    num_reference_samples: PositiveInt = 50
+    max_new_tokens: PositiveInt = 128
+    batch_size: PositiveInt = 8
+    compare_base: bool = True  # evaluate the base model (adapter off) with the same code
+
+
 class ExperimentConfig(_Section):
     experiment: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     model: ModelSection = Field(default_factory=ModelSection)
     lora: LoraSection = Field(default_factory=LoraSection)
     data: DataSection = Field(default_factory=DataSection)
     train: TrainSection = Field(default_factory=TrainSection)
+    eval: EvalSection = Field(default_factory=EvalSection)
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
     @property
     def config_hash(self) -> str:
-        """Identity of what a run computes: a changed param means a new run."""
-        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+        """Identity of what training computes: a changed param means a new run.
+
+        The eval section is left out, so new prompts re-evaluate without retraining."""
+        return _hash({k: v for k, v in self.to_dict().items() if k != "eval"})
+
+    @property
+    def eval_hash(self) -> str:
+        """Identity of an evaluation: the trained run plus the eval settings."""
+        return _hash({"config_hash": self.config_hash, "eval": self.to_dict()["eval"]})
+
+
+def _hash(data: dict) -> str:
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
 def to_yaml(data: "ExperimentConfig | dict") -> str:

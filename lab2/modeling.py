@@ -98,6 +98,13 @@ def load_trainable_model(cfg: ExperimentConfig):
     return attach_lora(load_base_model(cfg.model), cfg)
 
 
+def load_trained_model(cfg: ExperimentConfig, adapter_dir: str | Path):
+    """The base model with a trained adapter from `adapter_dir` (switchable off for the base)."""
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(load_base_model(cfg.model), str(adapter_dir))
+
+
 def trainable_parameters(model) -> tuple[int, int]:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())

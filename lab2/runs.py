@@ -68,6 +68,17 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
+def peak_memory_mb() -> float:
+    """CUDA peak allocation on a GPU, else this process's peak resident set size."""
+    import resource
+
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
 def environment_info() -> dict:
     import torch
 

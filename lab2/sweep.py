@@ -1,9 +1,11 @@
-"""`make sweep`: papermill runs notebooks/train.ipynb once per params file.
+"""`make sweep`: papermill runs each stage notebook once per params file.
 
-Each experiment lands in `OUT/<experiment>/` (executed notebook + metrics.json).
-An experiment already complete with the same config hash is skipped; a failed or
-interrupted one is run again, its old notebook kept as `train.failed.ipynb`. One
-failure never stops the others; the exit status says whether any failed.
+Stages: notebooks/train.ipynb, then notebooks/evaluate.ipynb, each executed into
+`OUT/<experiment>/<stage>.ipynb`; both write into `OUT/<experiment>/metrics.json`.
+A stage already done for the same params is skipped (training by config hash,
+evaluation by eval hash); a failed stage's notebook is kept as
+`<stage>.failed.ipynb` and the stage runs again next time. One failure never
+stops the others; the exit status says whether any failed.
 """
 
 from __future__ import annotations
@@ -18,23 +20,19 @@ from lab2 import runs
 from lab2.config import ConfigError, experiment_files, load_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-TRAIN_NOTEBOOK = REPO_ROOT / "notebooks" / "train.ipynb"
+STAGES = (("train", REPO_ROOT / "notebooks" / "train.ipynb"), ("evaluate", REPO_ROOT / "notebooks" / "evaluate.ipynb"))
 
 
 @dataclass
 class Outcome:
     name: str
     status: str  # complete | skipped | failed
-    wall_seconds: float = 0.0
+    wall_seconds: float = 0.0  # notebooks run now (for a skipped experiment: when it ran)
     train_seconds: float | None = None
-    final_eval_loss: float | None = None
+    outside_training_seconds: float | None = None
+    val_loss: float | None = None
+    test_loss: float | None = None
     error: str | None = None
-
-    @property
-    def outside_training_seconds(self) -> float | None:
-        if self.train_seconds is None or not self.wall_seconds:
-            return None
-        return self.wall_seconds - self.train_seconds
 
 
 def _one_line_error(exc: BaseException) -> str:
@@ -64,42 +62,64 @@ def run_notebook(notebook: Path, output: Path, parameters: dict, show_cells: boo
         progress_bar=show_cells,
         log_output=False,
         request_save_on_cell_execute=True,
+        # The kernel listens on loopback only; its "TCP without encryption" warning is noise.
+        extra_arguments=["--IPKernelApp.log_level=ERROR"],
     )
 
 
+def stage_done(stage: str, exp_dir: Path, cfg) -> bool:
+    """Training is reused by config hash; evaluation by eval hash (which includes it)."""
+    if not runs.is_complete(exp_dir, cfg.config_hash):
+        return False
+    return stage == "train" or (runs.read_metrics(exp_dir).get("eval") or {}).get("eval_hash") == cfg.eval_hash
+
+
 def run_experiment(params_file: Path, out_root: Path, overrides: dict | None = None, show_cells: bool = False) -> Outcome:
+    """Run whichever stages of one experiment are not done yet; never raises."""
     name = params_file.stem
     start = time.perf_counter()
+    ran: dict[str, float] = {}
     try:
         cfg = load_config(params_file, overrides)
         name = cfg.experiment
         exp_dir = out_root / name
-        if runs.is_complete(exp_dir, cfg.config_hash):
-            return _outcome_from_metrics(name, "skipped", runs.read_metrics(exp_dir))
-        notebook_out = exp_dir / "train.ipynb"
-        if notebook_out.exists():  # from a failed or interrupted run: keep it for the post-mortem
-            notebook_out.replace(exp_dir / "train.failed.ipynb")
-        exp_dir.mkdir(parents=True, exist_ok=True)
-        run_notebook(
-            TRAIN_NOTEBOOK,
-            notebook_out,
-            {"params_path": str(params_file.resolve()), "output_root": str(out_root.resolve()), "overrides": overrides or {}},
-            show_cells,
-        )
-    except (ConfigError, Exception) as exc:  # noqa: BLE001 - one experiment must not sink the sweep
+        parameters = {"params_path": str(params_file.resolve()), "output_root": str(out_root.resolve()), "overrides": overrides or {}}
+        for stage, notebook in STAGES:
+            if stage_done(stage, exp_dir, cfg):
+                continue
+            executed = exp_dir / f"{stage}.ipynb"
+            exp_dir.mkdir(parents=True, exist_ok=True)
+            stage_start = time.perf_counter()
+            try:
+                run_notebook(notebook, executed, parameters, show_cells)
+                if not stage_done(stage, exp_dir, cfg):  # an older run's file must not pass for this one
+                    raise RuntimeError((runs.read_metrics(exp_dir) or {}).get("error") or f"{stage}.ipynb ended without its results")
+            except Exception:
+                if executed.exists():  # keep the failed notebook for its post-mortem; a re-run starts afresh
+                    executed.replace(exp_dir / f"{stage}.failed.ipynb")
+                raise
+            ran[stage] = time.perf_counter() - stage_start
+    except Exception as exc:  # noqa: BLE001 - one experiment must not sink the sweep
         return Outcome(name, "failed", time.perf_counter() - start, error=_one_line_error(exc))
-    wall = time.perf_counter() - start
-    metrics = runs.read_metrics(exp_dir) or {}
-    if not runs.is_complete(exp_dir, cfg.config_hash):  # an older run's file must not pass for this one
-        return Outcome(name, "failed", wall, error=metrics.get("error", "the notebook ended without a complete metrics.json"))
-    train_seconds = metrics["train"]["training_time_seconds"]
-    metrics = runs.update_metrics(exp_dir, timing={"wall_seconds": wall, "outside_training_seconds": wall - train_seconds})
-    return _outcome_from_metrics(name, "complete", metrics)
+    metrics = runs.read_metrics(exp_dir)
+    if ran:
+        timing = dict(metrics.get("timing", {}))
+        timing.update({f"{stage}_notebook_seconds": seconds for stage, seconds in ran.items()})
+        if "train" in ran:
+            timing["outside_training_seconds"] = ran["train"] - metrics["train"]["training_time_seconds"]
+        metrics = runs.update_metrics(exp_dir, timing=timing)
+    return _outcome_from_metrics(name, "complete" if ran else "skipped", metrics, sum(ran.values()))
 
 
-def _outcome_from_metrics(name: str, status: str, metrics: dict) -> Outcome:
-    train, timing = metrics["train"], metrics.get("timing", {})
-    return Outcome(name, status, timing.get("wall_seconds", 0.0), train["training_time_seconds"], train["final_eval_loss"])
+def _outcome_from_metrics(name: str, status: str, metrics: dict, wall: float) -> Outcome:
+    train, evaluation = metrics["train"], metrics.get("eval", {})
+    return Outcome(
+        name, status, wall,
+        train_seconds=train["training_time_seconds"],
+        outside_training_seconds=metrics.get("timing", {}).get("outside_training_seconds"),
+        val_loss=evaluation.get("val_loss", train["final_eval_loss"]),
+        test_loss=evaluation.get("test_loss"),
+    )
 
 
 def _fmt(value: float | None, spec: str = ".1f") -> str:
@@ -107,12 +127,14 @@ def _fmt(value: float | None, spec: str = ".1f") -> str:
 
 
 def summary_table(outcomes: list[Outcome]) -> str:
-    header = f"{'experiment':<28} {'status':<9} {'wall s':>8} {'train s':>8} {'other s':>8} {'val loss':>9}"
+    header = (
+        f"{'experiment':<28} {'status':<9} {'wall s':>8} {'train s':>8} {'other s':>8} {'val loss':>9} {'test loss':>9}"
+    )
     lines = [header, "-" * len(header)]
     for o in outcomes:
         lines.append(
             f"{o.name:<28} {o.status:<9} {_fmt(o.wall_seconds):>8} {_fmt(o.train_seconds):>8} "
-            f"{_fmt(o.outside_training_seconds):>8} {_fmt(o.final_eval_loss, '.4f'):>9}"
+            f"{_fmt(o.outside_training_seconds):>8} {_fmt(o.val_loss, '.4f'):>9} {_fmt(o.test_loss, '.4f'):>9}"
         )
         if o.error:
             lines.append(f"    {o.error}")

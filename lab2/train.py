@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import re
-import resource
 import shutil
 import time
 import warnings
@@ -120,12 +119,6 @@ def sft_config(cfg: ExperimentConfig, checkpoint_dir: Path, dtype: torch.dtype) 
     )
 
 
-def peak_memory_mb() -> float:
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-
-
 def split_history(log_history: list[dict]) -> tuple[list[dict], list[dict]]:
     train, evals = [], []
     for entry in log_history:
@@ -215,7 +208,7 @@ def train_experiment(cfg: ExperimentConfig, model, tokenizer, splits: Splits, ex
             "trained_tokens": trainer.trained_tokens,
             "tokens_per_second": trainer.tokens_seen / step_seconds,
             "trained_tokens_per_second": trainer.trained_tokens / step_seconds,
-            "peak_memory_mb": peak_memory_mb(),
+            "peak_memory_mb": runs.peak_memory_mb(),
             "history": history,
             "eval_history": eval_history,
         },

@@ -37,6 +37,7 @@ def tiny_base(model_dir: Path, **train) -> dict:
             "gradient_accumulation_steps": 1, "gradient_checkpointing": False,
             "eval_steps": 2, "save_steps": 2, **train,
         },
+        "eval": {"prompts": ["What is 2 plus 2?"], "num_reference_samples": 4, "max_new_tokens": 8},
     }
 
 

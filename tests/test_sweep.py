@@ -26,7 +26,15 @@ def test_sweep_runs_each_experiment_through_papermill_and_skips_on_rerun(params_
         metrics = runs.read_metrics(out / name)
         assert metrics["status"] == "complete" and metrics["experiment"] == name
         assert metrics["train"]["history"] and metrics["train"]["eval_history"]
-        assert metrics["timing"]["wall_seconds"] > metrics["train"]["training_time_seconds"] > 0
+        timing = metrics["timing"]
+        assert timing["train_notebook_seconds"] > metrics["train"]["training_time_seconds"] > 0
+        assert timing["outside_training_seconds"] > 0 and timing["evaluate_notebook_seconds"] > 0
+        evaluation = metrics["eval"]
+        for section in (evaluation, evaluation["base"]):
+            assert {"val_loss", "test_loss", "perplexity", "bleu", "rouge_l", "samples"} <= set(section)
+        assert evaluation["split_fingerprint"] == metrics["data"]["fingerprint"]
+        assert evaluation["test_loss"] < evaluation["base"]["test_loss"]  # training helped on held-out data
+        assert (out / name / "evaluate.ipynb").is_file()
         notebook = nbformat.read(out / name / "train.ipynb", as_version=4)
         injected = next(c for c in notebook.cells if "injected-parameters" in c.metadata.get("tags", []))
         assert f"{name}.yaml" in injected.source
@@ -49,3 +57,11 @@ def test_sweep_runs_each_experiment_through_papermill_and_skips_on_rerun(params_
     rerun = runs.read_metrics(out / "lr_high")
     assert rerun["config"]["train"]["learning_rate"] == 4e-3 and rerun["config_hash"] != first["config_hash"]
     assert json.loads((out / "typo" / "metrics.json").read_text())["train"]["total_steps"] == 2
+
+    # Changing only the eval section re-evaluates without retraining.
+    trained_at = runs.read_metrics(out / "baseline")["finished_at"]
+    params_tree("sweep/baseline.yaml", {"eval": {"prompts": ["Name a colour."]}})
+    assert cli.main(["sweep", sweep, "--out", str(out)]) == 0
+    assert "1 run, 2 skipped" in capsys.readouterr().out
+    again = runs.read_metrics(out / "baseline")
+    assert again["finished_at"] == trained_at and again["eval"]["samples"][0]["prompt"] == "Name a colour."

@@ -1,0 +1,191 @@
+"""Held-out evaluation, identical for every experiment and for the base model.
+
+- `response_loss`: token-weighted mean loss over the assistant tokens of a split,
+  in batches; perplexity = exp(test loss).
+- `generate_replies`: batched greedy generation with left padding.
+- `reference_scores`: BLEU (sacrebleu) and ROUGE-L F1 (rouge-score) of generated
+  replies against the test conversations' last reply.
+- `evaluate_model`: all of the above for one model; with a peft model,
+  `with model.disable_adapter()` gives the base model under the same code.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+
+from lab2.data import IGNORE_INDEX
+
+HEAD_CHUNK = 512  # positions projected through the LM head at once: bounds the (chunk x vocab) logits
+
+
+def _pad(rows: list[list[int]], value: int, side: str = "right") -> torch.Tensor:
+    width = max(len(r) for r in rows)
+    padded = [(r + [value] * (width - len(r))) if side == "right" else ([value] * (width - len(r)) + r) for r in rows]
+    return torch.tensor(padded, dtype=torch.long)
+
+
+def _backbone_and_head(model):
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.get_decoder(), base.get_output_embeddings()
+
+
+@torch.no_grad()
+def response_loss(model, dataset, pad_token_id: int, batch_size: int = 8) -> dict:
+    """Mean negative log-likelihood per assistant token, and the number of tokens scored.
+
+    Only positions whose next token carries a label go through the LM head, so
+    a 128k vocabulary never materialises as a (batch x length x vocab) tensor.
+    """
+    model.eval()
+    backbone, head = _backbone_and_head(model)
+    device = next(model.parameters()).device
+    total_nll, total_tokens = 0.0, 0
+    for start in range(0, len(dataset), batch_size):
+        rows = dataset[start : start + batch_size]
+        input_ids = _pad(rows["input_ids"], pad_token_id).to(device)
+        labels = _pad(rows["labels"], IGNORE_INDEX).to(device)
+        attention_mask = _pad([[1] * len(r) for r in rows["input_ids"]], 0).to(device)
+        hidden = backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        targets = labels[:, 1:]
+        keep = targets != IGNORE_INDEX
+        selected, wanted = hidden[:, :-1][keep], targets[keep]
+        for i in range(0, len(wanted), HEAD_CHUNK):
+            logits = head(selected[i : i + HEAD_CHUNK]).float()
+            total_nll += F.cross_entropy(logits, wanted[i : i + HEAD_CHUNK], reduction="sum").item()
+        total_tokens += int(keep.sum())
+    return {"loss": total_nll / max(total_tokens, 1), "tokens": total_tokens}
+
+
+@contextmanager
+def _left_padding(tokenizer):
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"  # decoder-only generation continues from the right edge
+    try:
+        yield
+    finally:
+        tokenizer.padding_side = side
+
+
+def stop_token_ids(tokenizer) -> list[int]:
+    ids = {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|eot_id|>")}
+    return sorted(i for i in ids if isinstance(i, int) and i >= 0 and i != tokenizer.unk_token_id)
+
+
+@torch.no_grad()
+def generate_replies(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int = 128, batch_size: int = 8) -> list[str]:
+    """Greedy replies to conversations that end on a user turn."""
+    model.eval()
+    device = next(model.parameters()).device
+    prompts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
+    replies: list[str] = []
+    with _left_padding(tokenizer):
+        for start in range(0, len(prompts), batch_size):
+            batch = tokenizer(
+                prompts[start : start + batch_size], add_special_tokens=False, padding=True, return_tensors="pt"
+            ).to(device)
+            output = model.generate(
+                **batch,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                temperature=None,
+                top_p=None,
+                eos_token_id=stop_token_ids(tokenizer),
+                pad_token_id=tokenizer.pad_token_id,
+            )
+            new_tokens = output[:, batch["input_ids"].shape[1] :]
+            replies += [t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+    return replies
+
+
+def reference_scores(predictions: list[str], references: list[str]) -> dict:
+    """Corpus BLEU (0-100, sacrebleu) and mean ROUGE-L F1 (0-1, rouge-score)."""
+    import sacrebleu
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    rouge = [scorer.score(ref, pred)["rougeL"].fmeasure for pred, ref in zip(predictions, references)]
+    return {
+        "bleu": sacrebleu.corpus_bleu(predictions, [references]).score,
+        "rouge_l": sum(rouge) / len(rouge) if rouge else 0.0,
+    }
+
+
+def prompt_and_reference(conversation: list[dict]) -> tuple[list[dict], str]:
+    """Everything before the last assistant reply, and that reply."""
+    last = max(i for i, m in enumerate(conversation) if m["role"] == "assistant")
+    return conversation[:last], conversation[last]["content"]
+
+
+def evaluate_model(model, tokenizer, splits, eval_cfg) -> dict:
+    """val/test loss, perplexity, BLEU, ROUGE-L and samples for one model."""
+    start = time.perf_counter()
+    val = response_loss(model, splits.validation, tokenizer.pad_token_id, eval_cfg.batch_size)
+    test = response_loss(model, splits.test, tokenizer.pad_token_id, eval_cfg.batch_size)
+    pairs = [prompt_and_reference(c) for c in splits.conversations["test"][: eval_cfg.num_reference_samples]]
+    generated = generate_replies(model, tokenizer, [p for p, _ in pairs], eval_cfg.max_new_tokens, eval_cfg.batch_size)
+    samples_out = generate_replies(
+        model, tokenizer, [[{"role": "user", "content": p}] for p in eval_cfg.prompts], eval_cfg.max_new_tokens, eval_cfg.batch_size
+    )
+    return {
+        "val_loss": val["loss"],
+        "test_loss": test["loss"],
+        "perplexity": math.exp(test["loss"]),
+        "val_tokens": val["tokens"],
+        "test_tokens": test["tokens"],
+        **reference_scores(generated, [r for _, r in pairs]),
+        "num_reference_samples": len(pairs),
+        "references": [{"prompt": p[-1]["content"], "reference": r, "output": g} for (p, r), g in zip(pairs, generated)],
+        "samples": [{"prompt": p, "output": o} for p, o in zip(eval_cfg.prompts, samples_out)],
+        "eval_seconds": time.perf_counter() - start,
+    }
+
+
+def check_split_matches_training(exp_dir, splits) -> None:
+    """Refuse to evaluate on other data than the run was validated on."""
+    from lab2 import runs
+
+    metrics = runs.read_metrics(exp_dir)
+    if not metrics or metrics.get("status") != "complete":
+        raise RuntimeError(f"{exp_dir}: no complete training run to evaluate")
+    trained_on = metrics.get("data", {}).get("fingerprint")
+    if trained_on != splits.stats["fingerprint"]:
+        raise RuntimeError(
+            f"{exp_dir}: the evaluation split ({splits.stats['fingerprint']}) differs from training's ({trained_on})"
+        )
+
+
+def evaluate_experiment(model, tokenizer, splits, cfg) -> dict:
+    """The `eval` section of metrics.json: the fine-tuned model, and the base under `base`."""
+    from lab2 import runs
+
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    results = evaluate_model(model, tokenizer, splits, cfg.eval)
+    if cfg.eval.compare_base:
+        with model.disable_adapter():
+            results["base"] = evaluate_model(model, tokenizer, splits, cfg.eval)
+    results.update(
+        eval_hash=cfg.eval_hash,
+        split_fingerprint=splits.stats["fingerprint"],
+        peak_memory_mb=runs.peak_memory_mb(),
+    )
+    return results
+
+
+def comparison_table(results: dict) -> str:
+    """Fine-tuned against base, as a small text table."""
+    keys = ["val_loss", "test_loss", "perplexity", "bleu", "rouge_l"]
+    base = results.get("base")
+    lines = [f"{'metric':<12}{'fine-tuned':>12}" + (f"{'base':>12}{'change':>10}" if base else "")]
+    for key in keys:
+        line = f"{key:<12}{results[key]:>12.4f}"
+        if base:
+            change = 100 * (results[key] - base[key]) / base[key] if base[key] else float("nan")
+            line += f"{base[key]:>12.4f}{change:>+9.1f}%"
+        lines.append(line)
+    return "\n".join(lines)
