@@ -77,8 +77,10 @@ def stop_token_ids(tokenizer) -> list[int]:
 
 
 @torch.no_grad()
-def generate_replies(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int = 128, batch_size: int = 8) -> list[str]:
-    """Greedy replies to conversations that end on a user turn."""
+def generate_replies(
+    model, tokenizer, conversations: list[list[dict]], max_new_tokens: int = 128, batch_size: int = 8, min_new_tokens: int = 0
+) -> list[str]:
+    """Greedy replies to conversations that end on a user turn (min_new_tokens: for timing equal work)."""
     model.eval()
     device = next(model.parameters()).device
     prompts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
@@ -91,6 +93,7 @@ def generate_replies(model, tokenizer, conversations: list[list[dict]], max_new_
             output = model.generate(
                 **batch,
                 max_new_tokens=max_new_tokens,
+                min_new_tokens=min_new_tokens or None,
                 do_sample=False,
                 temperature=None,
                 top_p=None,

@@ -78,7 +78,10 @@ def load_base_model(model: ModelSection):
 
 def attach_lora(base_model, cfg: ExperimentConfig):
     from peft import LoraConfig, get_peft_model
+    from transformers import set_seed
 
+    # LoRA A matrices are drawn from the global RNG: seed it, or every process starts elsewhere.
+    set_seed(cfg.train.seed)
     lora = LoraConfig(
         r=cfg.lora.r,
         lora_alpha=cfg.lora.alpha,

@@ -25,3 +25,16 @@ def test_lora_trains_adapters_only(tiny_model_dir):
     # 2 layers x 7 modules, each A (r x in) + B (out x r)
     assert 0 < trainable < total / 100
     assert next(model.parameters()).dtype == torch.float32
+
+
+def test_lora_init_is_seeded_by_train_seed(tiny_model_dir):
+    def lora_weights(seed):
+        cfg = ExperimentConfig(
+            experiment="m", model={"name": str(tiny_model_dir), "dtype": "float32"}, lora={"r": 4, "alpha": 8}, train={"seed": seed}
+        )
+        torch.manual_seed(seed + 1000)  # whatever the global RNG held before must not matter
+        model = load_trainable_model(cfg)
+        return torch.cat([p.detach().flatten() for n, p in model.named_parameters() if "lora_A" in n])
+
+    assert torch.equal(lora_weights(1), lora_weights(1))
+    assert not torch.equal(lora_weights(1), lora_weights(2))
