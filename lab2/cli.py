@@ -34,6 +34,16 @@ def cmd_sweep(args) -> int:
     return 1 if any(o.status == "failed" for o in outcomes) else 0
 
 
+def cmd_train(args) -> int:
+    from lab2 import train
+    from lab2.config import load_config
+
+    metrics = train.run(load_config(args.params), args.out)
+    t = metrics["train"]
+    print(f"{metrics['experiment']}: {metrics['status']}; {t['total_steps']} steps, final eval loss {t['final_eval_loss']:.4f}")
+    return 0
+
+
 def cmd_tiny_model(args) -> int:
     from lab2.modeling import build_tiny_llama
 
@@ -66,6 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="outputs", help="output root (default outputs)")
     p.set_defaults(func=cmd_sweep)
 
+    p = sub.add_parser("train", help="train one experiment without a notebook (same steps as train.ipynb)")
+    p.add_argument("params", help="the experiment's params file")
+    p.add_argument("--out", default="outputs", help="output root (default outputs)")
+    p.set_defaults(func=cmd_train)
+
     p = sub.add_parser("tiny-model", help="build the offline tiny Llama (real Llama 3.2 tokenizer, random weights)")
     p.add_argument("dir", nargs="?", default="models/tiny-llama")
     p.add_argument("--force", action="store_true")
@@ -78,9 +93,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from lab2.runs import RunFailed
+
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except ConfigError as exc:
+    except ConfigError as exc:  # bad input: nothing was run
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except RunFailed as exc:  # the run failed, and metrics.json says so
+        print(f"error: {exc}", file=sys.stderr)
+        return 1

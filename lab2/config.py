@@ -251,6 +251,21 @@ def _describe(error: dict, layers: list[tuple[Path, dict]]) -> str:
     return f"{owner}: {key}: {message}"
 
 
+LOCAL_DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
+
+
+def looks_like_local_path(source: str) -> bool:
+    """A hub id is `owner/name`; anything else path-like is a local file or folder."""
+    return source.startswith((".", "/", "~")) or Path(source).suffix in LOCAL_DATA_SUFFIXES or source.count("/") > 1
+
+
+def check_local_paths(cfg: ExperimentConfig, origin: Path) -> None:
+    """Fail before any kernel starts when a local model or data path is missing."""
+    for key, value in (("model.name", cfg.model.name), ("data.source", cfg.data.source)):
+        if looks_like_local_path(value) and not Path(value).expanduser().exists():
+            raise ConfigError(f"{origin}: {key}: {value}: no such file or folder (relative to {Path.cwd()})")
+
+
 def load_config(path: str | Path, overrides: dict | None = None) -> ExperimentConfig:
     """Read an experiment file with its bases, apply overrides, validate."""
     path = Path(path)
@@ -262,10 +277,12 @@ def load_config(path: str | Path, overrides: dict | None = None) -> ExperimentCo
         merged = deep_merge(merged, data)
     merged.setdefault("experiment", path.stem)
     try:
-        return ExperimentConfig.model_validate(merged)
+        cfg = ExperimentConfig.model_validate(merged)
     except ValidationError as exc:
         problems = [_describe(err, layers) for err in exc.errors()]
         raise ConfigError("; ".join(problems)) from None
+    check_local_paths(cfg, path)
+    return cfg
 
 
 def experiment_files(paths: list[str | Path]) -> list[Path]:

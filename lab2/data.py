@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lab2.config import ConfigError, DataSection
+from lab2.config import LOCAL_DATA_SUFFIXES, ConfigError, DataSection, looks_like_local_path
 
 IGNORE_INDEX = -100
 SHAREGPT_ROLES = {
@@ -27,7 +27,7 @@ SHAREGPT_ROLES = {
     "system": "system",
 }
 OPENAI_ROLES = {"user": "user", "assistant": "assistant", "system": "system"}
-LOCAL_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+LOCAL_BUILDERS = dict(zip(LOCAL_DATA_SUFFIXES, ("json", "json", "parquet")))
 
 
 # --------------------------------------------------------------------------- loading
@@ -43,7 +43,7 @@ def load_rows(source: str, hub_split: str = "train", subset: int | None = None):
         if builder is None:
             raise ConfigError(f"data.source: {source}: unsupported file type (use .jsonl, .json or .parquet)")
         rows = load_dataset(builder, data_files=str(path), split="train")
-    elif path.is_dir() or not _looks_like_path(source):
+    elif path.is_dir() or not looks_like_local_path(source):
         # A hub id, or a local copy of a hub dataset repo: the same call either way.
         rows = load_dataset(source, split=hub_split)
     else:
@@ -51,10 +51,6 @@ def load_rows(source: str, hub_split: str = "train", subset: int | None = None):
     if subset is not None and subset < len(rows):
         rows = rows.select(range(subset))
     return rows
-
-
-def _looks_like_path(source: str) -> bool:
-    return source.startswith((".", "/", "~")) or Path(source).suffix in LOCAL_BUILDERS or source.count("/") > 1
 
 
 # --------------------------------------------------------------------------- normalising

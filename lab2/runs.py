@@ -19,6 +19,10 @@ METRICS_FILE = "metrics.json"
 PACKAGES = ("torch", "transformers", "trl", "peft", "datasets", "accelerate", "papermill")
 
 
+class RunFailed(RuntimeError):
+    """A run that started and could not finish; its metrics.json says status failed."""
+
+
 def write_json_atomic(path: str | Path, data: Any) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

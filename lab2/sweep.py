@@ -57,7 +57,7 @@ def run_notebook(notebook: Path, output: Path, parameters: dict, show_cells: boo
         str(notebook),
         str(output),
         parameters=parameters,
-        cwd=str(REPO_ROOT),
+        cwd=os.getcwd(),  # relative paths in params mean the same in the kernel as here
         kernel_name="python3",
         progress_bar=show_cells,
         log_output=False,

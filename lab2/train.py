@@ -21,7 +21,7 @@ import torch
 from transformers import TrainerCallback
 from trl import SFTConfig, SFTTrainer
 
-from lab2 import runs
+from lab2 import data, modeling, runs
 from lab2.config import ExperimentConfig
 from lab2.data import IGNORE_INDEX, Splits
 
@@ -29,7 +29,7 @@ CHECKPOINTS = "checkpoints"
 ADAPTER = "adapter"
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(runs.RunFailed):
     pass
 
 
@@ -215,3 +215,11 @@ def train_experiment(cfg: ExperimentConfig, model, tokenizer, splits: Splits, ex
     )
     runs.write_json_atomic(exp_dir / runs.METRICS_FILE, record)
     return record
+
+
+def run(cfg: ExperimentConfig, output_root: str | Path) -> dict:
+    """What notebooks/train.ipynb does, in one call: for `python -m lab2 train` and tests."""
+    tokenizer = modeling.load_tokenizer(cfg.model.name, cfg.data.chat_template)
+    splits = data.build_splits(cfg.data, tokenizer, cfg.model.max_seq_length)
+    model = modeling.load_trainable_model(cfg)
+    return train_experiment(cfg, model, tokenizer, splits, Path(output_root) / cfg.experiment)

@@ -1,26 +1,68 @@
-"""End to end: params files -> papermill-executed train.ipynb -> OUT/<exp>/metrics.json."""
+"""End to end: params files -> papermill-executed notebooks -> OUT/<exp>/metrics.json.
+
+One sweep history, to keep the suite fast: killed midway, resumed, skipped, changed, fixed.
+"""
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
 
 import nbformat
+import psutil
 
 from lab2 import cli, runs
 
+FAKE_TOKEN = "hf_FakeTokenForTheSecretsTest0123456789abcdef"
 
-def test_sweep_runs_each_experiment_through_papermill_and_skips_on_rerun(params_tree, tmp_path, capsys):
+
+def _kill_sweep_after_first_experiment(sweep: str, out) -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "lab2", "sweep", sweep, "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if "evaluate_notebook_seconds" in (runs.read_metrics(out / "baseline") or {}).get("timing", {}):
+            break  # both stages done and recorded by the sweep
+        time.sleep(0.2)
+    family = [proc.pid] + [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
+    for pid in family:  # the sweep and its kernel, as a power cut would
+        os.kill(pid, signal.SIGKILL)
+    proc.wait()
+    psutil.wait_procs([p for p in map(_process, family) if p], timeout=30)
+
+
+def _process(pid):
+    try:
+        return psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        return None
+
+
+def test_sweep_end_to_end(params_tree, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)  # must never reach outputs/
+    junk = tmp_path / "junk.jsonl"
+    junk.write_text('{"conversations": [{"from": "alien", "value": "x"}]}\n')
     params_tree("sweep/baseline.yaml", {})
     changed = params_tree("sweep/lr_high.yaml", {"train": {"learning_rate": 5e-3}})
     params_tree("sweep/typo.yaml", {"train": {"max_step": 3}})
+    junk_params = {"data": {"source": str(junk), "subset": None, "val_size": 1, "test_size": 1}}
+    params_tree("sweep/z_junk.yaml", junk_params)
     out = tmp_path / "outputs"
     sweep = str(changed.parent)
 
-    assert cli.main(["sweep", sweep, "--out", str(out)]) == 1  # typo.yaml failed, the others ran
+    # 1. Killed (-9) once the first experiment is done: a re-run finishes only what is missing.
+    _kill_sweep_after_first_experiment(sweep, out)
+    assert runs.read_metrics(out / "baseline")["status"] == "complete"
+    assert cli.main(["sweep", sweep, "--out", str(out)]) == 1  # typo and z_junk fail, the others complete
     printed = capsys.readouterr().out
-    assert "[1/3] baseline" in printed and "[3/3] typo: failed" in printed
-    assert "unknown key 'train.max_step' (did you mean 'train.max_steps'?)" in printed
-    assert "2 run, 0 skipped, 1 failed; total" in printed
-    assert sorted(p.name for p in out.iterdir()) == ["baseline", "lr_high"]  # nothing written for the bad file
+    assert "[1/4] baseline: skipped" in printed and "[2/4] lr_high: complete" in printed
+    assert "[3/4] typo: failed" in printed and "unknown key 'train.max_step' (did you mean 'train.max_steps'?)" in printed
+    assert "[4/4] z_junk: failed" in printed and "no valid conversation (unknown role: 1)" in printed
+    assert "1 run, 1 skipped, 2 failed; total" in printed
+    assert "Traceback" not in printed
+    assert sorted(p.name for p in out.iterdir()) == ["baseline", "lr_high", "z_junk"]  # nothing for the bad file
+    assert sorted(p.name for p in (out / "z_junk").iterdir()) == ["train.failed.ipynb"]  # no half metrics.json
 
     for name in ("baseline", "lr_high"):
         metrics = runs.read_metrics(out / name)
@@ -34,34 +76,41 @@ def test_sweep_runs_each_experiment_through_papermill_and_skips_on_rerun(params_
             assert {"val_loss", "test_loss", "perplexity", "bleu", "rouge_l", "samples"} <= set(section)
         assert evaluation["split_fingerprint"] == metrics["data"]["fingerprint"]
         assert evaluation["test_loss"] < evaluation["base"]["test_loss"]  # training helped on held-out data
-        assert (out / name / "evaluate.ipynb").is_file()
         notebook = nbformat.read(out / name / "train.ipynb", as_version=4)
         injected = next(c for c in notebook.cells if "injected-parameters" in c.metadata.get("tags", []))
         assert f"{name}.yaml" in injected.source
         images = [o for c in notebook.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
         assert len(images) == 1  # the loss-curve plot rendered inline
+        assert (out / name / "evaluate.ipynb").is_file()
     first = runs.read_metrics(out / "lr_high")
     assert first["config"]["train"]["learning_rate"] == 5e-3
     assert runs.read_metrics(out / "baseline")["config_hash"] != first["config_hash"]
 
+    # 2. Nothing changed: everything complete is skipped within seconds.
     start = time.perf_counter()
     cli.main(["sweep", sweep, "--out", str(out)])
     assert time.perf_counter() - start < 10
-    assert "0 run, 2 skipped, 1 failed" in capsys.readouterr().out
+    assert "0 run, 2 skipped, 2 failed" in capsys.readouterr().out
 
-    # A changed params file is run again; the other stays skipped.
+    # 3. Changed params are run again; a failed experiment is retried and its failed notebook kept.
     params_tree("sweep/lr_high.yaml", {"train": {"learning_rate": 4e-3}})
-    params_tree("sweep/typo.yaml", {"train": {"max_steps": 2, "eval_steps": 2, "save_steps": 2}})
-    assert cli.main(["sweep", sweep, "--out", str(out)]) == 0
-    assert "2 run, 1 skipped, 0 failed" in capsys.readouterr().out
+    params_tree("sweep/z_junk.yaml", {})
+    assert cli.main(["sweep", sweep, "--out", str(out)]) == 1  # typo still fails
+    assert "2 run, 1 skipped, 1 failed" in capsys.readouterr().out
     rerun = runs.read_metrics(out / "lr_high")
     assert rerun["config"]["train"]["learning_rate"] == 4e-3 and rerun["config_hash"] != first["config_hash"]
-    assert json.loads((out / "typo" / "metrics.json").read_text())["train"]["total_steps"] == 2
+    assert runs.read_metrics(out / "z_junk")["status"] == "complete"
+    assert (out / "z_junk" / "train.failed.ipynb").is_file()
 
-    # Changing only the eval section re-evaluates without retraining.
+    # 4. Changing only the eval section re-evaluates without retraining.
     trained_at = runs.read_metrics(out / "baseline")["finished_at"]
     params_tree("sweep/baseline.yaml", {"eval": {"prompts": ["Name a colour."]}})
-    assert cli.main(["sweep", sweep, "--out", str(out)]) == 0
-    assert "1 run, 2 skipped" in capsys.readouterr().out
+    cli.main(["sweep", sweep, "--out", str(out)])
+    assert "1 run, 2 skipped, 1 failed" in capsys.readouterr().out
     again = runs.read_metrics(out / "baseline")
     assert again["finished_at"] == trained_at and again["eval"]["samples"][0]["prompt"] == "Name a colour."
+
+    # The token was in every kernel's environment, and is nowhere in the outputs.
+    for path in out.rglob("*"):
+        if path.is_file():
+            assert FAKE_TOKEN.encode() not in path.read_bytes(), path

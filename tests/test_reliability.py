@@ -1,0 +1,87 @@
+"""Interrupted runs resume identically; a NaN stops a run; old checkpoints are rotated away."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from lab2 import runs
+from lab2.config import load_config
+from lab2.train import NonFiniteLossError, latest_checkpoint, run
+
+RESUMABLE = {"max_steps": 12, "eval_steps": 3, "save_steps": 3, "save_total_limit": 2}
+
+
+def _train_cli(params, out, **popen):
+    return subprocess.Popen(
+        [sys.executable, "-m", "lab2", "train", str(params), "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen,
+    )
+
+
+def test_kill_9_after_a_checkpoint_then_rerun_ends_bit_identical(params_tree, tmp_path):
+    params = params_tree("s/resume.yaml", {"train": RESUMABLE})
+    whole, interrupted = tmp_path / "whole", tmp_path / "interrupted"
+    assert _train_cli(params, whole).wait(timeout=300) == 0
+
+    victim = _train_cli(params, interrupted)
+    kill_after = random.Random().choice([3, 6, 9])  # a random checkpoint, then a random moment after it
+    checkpoint = interrupted / "resume" / "checkpoints" / f"checkpoint-{kill_after}" / "trainer_state.json"
+    deadline = time.time() + 300
+    while not checkpoint.exists() and victim.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(random.uniform(0, 0.5))
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert victim.returncode == -signal.SIGKILL, "training finished before it could be killed"
+    assert runs.read_metrics(interrupted / "resume")["status"] == "running"
+
+    resumed = _train_cli(params, interrupted)
+    output, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, output
+    assert "resuming from" in output and "checkpoint-" in output
+
+    a, b = runs.read_metrics(whole / "resume"), runs.read_metrics(interrupted / "resume")
+    assert b["resumed_from"].endswith(f"checkpoint-{latest_step(b['resumed_from'])}")
+    assert latest_step(b["resumed_from"]) >= kill_after
+    for key in ("final_loss", "final_eval_loss", "total_steps"):
+        assert a["train"][key] == b["train"][key], key  # bit-identical on CPU with fixed seeds
+    assert [h["loss"] for h in a["train"]["history"]] == [h["loss"] for h in b["train"]["history"]]
+    assert a["train"]["eval_history"] == b["train"]["eval_history"]
+
+
+def latest_step(path: str) -> int:
+    return int(path.rsplit("-", 1)[1])
+
+
+def test_non_finite_loss_stops_the_run_as_failed(params_tree, tmp_path):
+    cfg = load_config(params_tree("s/explode.yaml", {"train": {"learning_rate": 1e12, "max_steps": 6, "eval_steps": 6, "save_steps": 6}}))
+    with pytest.raises(NonFiniteLossError, match="learning_rate=1e\\+12 is probably too high"):
+        run(cfg, tmp_path)
+    metrics = runs.read_metrics(tmp_path / "explode")
+    assert metrics["status"] == "failed" and "non-finite" in metrics["error"]
+    assert latest_checkpoint(tmp_path / "explode" / "checkpoints") is None  # no broken weights saved
+    assert not (tmp_path / "explode" / "adapter").exists()
+
+
+def test_only_the_newest_checkpoints_are_kept(params_tree, tmp_path):
+    cfg = load_config(params_tree("s/disk.yaml", {"train": {"max_steps": 5, "save_steps": 1, "eval_steps": 5, "save_total_limit": 2}}))
+    run(cfg, tmp_path)
+    kept = sorted(p.name for p in (tmp_path / "disk" / "checkpoints").iterdir())
+    assert kept == ["checkpoint-4", "checkpoint-5"]
+
+
+def test_cli_train_refuses_bad_input_in_one_line(params_tree, tmp_path):
+    params = params_tree("s/nodata.yaml", {"data": {"source": str(tmp_path / "missing.jsonl")}})
+    result = subprocess.run(
+        [sys.executable, "-m", "lab2", "train", str(params), "--out", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: {params}: data.source: {tmp_path / 'missing.jsonl'}: no such file or folder (relative to {os.getcwd()})"
+    assert not (tmp_path / "out").exists()
