@@ -176,7 +176,7 @@ def train_experiment(cfg: ExperimentConfig, model, tokenizer, splits: Splits, ex
         if nan_guard.bad_step is not None:
             raise NonFiniteLossError(
                 f"training loss became non-finite at step {nan_guard.bad_step}: "
-                f"train.learning_rate={cfg.train.learning_rate} is probably too high"
+                f"train.learning_rate={cfg.train.learning_rate:g} is probably too high"
             )
         history, eval_history = split_history(trainer.state.log_history)
         if not eval_history or eval_history[-1]["step"] != trainer.state.global_step:

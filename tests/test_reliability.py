@@ -72,7 +72,7 @@ def test_non_finite_loss_stops_the_run_as_failed(params_tree, tmp_path):
 def test_only_the_newest_checkpoints_are_kept(params_tree, tmp_path):
     cfg = load_config(params_tree("s/disk.yaml", {"train": {"max_steps": 5, "save_steps": 1, "eval_steps": 5, "save_total_limit": 2}}))
     run(cfg, tmp_path)
-    kept = sorted(p.name for p in (tmp_path / "disk" / "checkpoints").iterdir())
+    kept = sorted(p.name for p in (tmp_path / "disk" / "checkpoints").glob("checkpoint-*"))
     assert kept == ["checkpoint-4", "checkpoint-5"]
 
 
