@@ -47,6 +47,11 @@ def test_kill_9_after_a_checkpoint_then_rerun_ends_bit_identical(params_tree, tm
     assert "resuming from" in output and "checkpoint-" in output
 
     a, b = runs.read_metrics(whole / "resume"), runs.read_metrics(interrupted / "resume")
+    print(  # the side-by-side figure for humans (pytest -s)
+        f"killed after checkpoint-{kill_after}, resumed from {b['resumed_from'].rsplit('/', 1)[1]}: "
+        f"final_loss {a['train']['final_loss']!r} vs {b['train']['final_loss']!r}, "
+        f"final_eval_loss {a['train']['final_eval_loss']!r} vs {b['train']['final_eval_loss']!r}"
+    )
     assert b["resumed_from"].endswith(f"checkpoint-{latest_step(b['resumed_from'])}")
     assert latest_step(b["resumed_from"]) >= kill_after
     for key in ("final_loss", "final_eval_loss", "total_steps"):
