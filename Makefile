@@ -6,7 +6,9 @@ SWEEP  ?= params/demo
 OUT    ?= outputs
 TINY   := models/tiny-llama
 
-.PHONY: setup sweep test validate clean
+EXP    ?=
+
+.PHONY: setup sweep export test validate clean
 
 setup: $(VENV)/.installed $(TINY)/config.json
 
@@ -26,6 +28,9 @@ $(TINY)/config.json: | $(VENV)/.installed
 
 sweep: setup
 	$(PY) -m lab2 sweep $(SWEEP) --out $(OUT)
+
+export: setup
+	$(PY) -m lab2 export --out $(OUT) $(if $(EXP),--exp $(EXP))
 
 validate: $(VENV)/.installed
 	$(PY) -m lab2 validate $(SWEEP)

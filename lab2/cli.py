@@ -44,6 +44,26 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from lab2.export import FORMATS, choose_experiment
+    from lab2.sweep import REPO_ROOT, run_notebook
+
+    bad = [f for f in args.formats if f not in FORMATS]
+    if bad or "f16" not in args.formats:
+        raise ConfigError(f"--formats {' '.join(args.formats)}: choose from {' '.join(FORMATS)}, f16 included")
+    name = choose_experiment(args.out, args.exp)  # a bad EXP fails here, before anything is written
+    out = Path(args.out) / name / "export.ipynb"
+    print(f"exporting {name} -> {out.parent / 'gguf'}/", flush=True)
+    run_notebook(
+        REPO_ROOT / "notebooks" / "export.ipynb", out,
+        {"experiment": name, "output_root": str(Path(args.out).resolve()), "formats": args.formats}, sys.stderr.isatty(),
+    )
+    from lab2 import export, runs
+
+    print(export.summary_table(runs.read_metrics(out.parent)["export"]))
+    return 0
+
+
 def cmd_tiny_model(args) -> int:
     from lab2.modeling import build_tiny_llama
 
@@ -80,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("params", help="the experiment's params file")
     p.add_argument("--out", default="outputs", help="output root (default outputs)")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("export", help="merge, convert to GGUF, quantize and check one experiment")
+    p.add_argument("--exp", default=None, help="experiment name (default: lowest validation loss)")
+    p.add_argument("--out", default="outputs", help="output root (default outputs)")
+    p.add_argument("--formats", nargs="+", default=["f16", "q8_0", "q4_k_m"])
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("tiny-model", help="build the offline tiny Llama (real Llama 3.2 tokenizer, random weights)")
     p.add_argument("dir", nargs="?", default="models/tiny-llama")

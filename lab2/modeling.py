@@ -127,10 +127,18 @@ def llama32_tokenizer_file() -> Path:
     return path
 
 
-def build_tiny_llama(
-    out_dir: str | Path, hidden_size: int = 256, num_layers: int = 2, seed: int = 0
-) -> Path:
-    """A small random Llama with the real Llama 3.2 tokenizer, saved as an ordinary HF folder."""
+# Llama-3.2-1B's published architecture (config.json of meta-llama/Llama-3.2-1B-Instruct).
+LLAMA_32_1B = dict(
+    hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,
+    head_dim=64, max_position_embeddings=131072, rope_theta=500000.0,
+    rope_scaling={"factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+                  "original_max_position_embeddings": 8192, "rope_type": "llama3"},
+)
+
+
+def build_random_llama(out_dir: str | Path, seed: int = 0, dtype: torch.dtype = torch.float32, **architecture) -> Path:
+    """A random-weight Llama with the real Llama 3.2 tokenizer and the Llama 3.1 chat template,
+    saved as an ordinary HF folder (loadable by the same from_pretrained code as a hub model)."""
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     out_dir = Path(out_dir)
@@ -142,28 +150,32 @@ def build_tiny_llama(
         model_max_length=131072,
     )
     tokenizer.chat_template = resolve_chat_template("llama-3.1")
-    vocab = len(tokenizer)  # 128257: the 128256 ids of Llama 3.2 plus <|image|>
+    stops = [128001, 128008, 128009]  # <|end_of_text|>, <|eom_id|>, <|eot_id|>
     config = LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=hidden_size,
-        intermediate_size=hidden_size * 4,
-        num_hidden_layers=num_layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=4096,
+        # 128257: Llama 3.2's 128256 ids plus the tokenizer's <|image|>; one spare row keeps every id valid.
+        vocab_size=len(tokenizer),
         rms_norm_eps=1e-5,
-        rope_theta=500000.0,
         tie_word_embeddings=True,
         bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=[128001, 128008, 128009],
+        eos_token_id=stops,
         pad_token_id=tokenizer.pad_token_id,
+        **architecture,
     )
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
-    model.generation_config.eos_token_id = [128001, 128008, 128009]
+    model = LlamaForCausalLM._from_config(config, dtype=dtype)
+    model.generation_config.eos_token_id = stops
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
+def build_tiny_llama(out_dir: str | Path, hidden_size: int = 256, num_layers: int = 2, seed: int = 0) -> Path:
+    """The offline tiny model: 2 layers, 256 wide (a multiple of 256, so K-quants apply)."""
+    out_dir = build_random_llama(
+        out_dir, seed=seed, hidden_size=hidden_size, intermediate_size=hidden_size * 4, num_hidden_layers=num_layers,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096, rope_theta=500000.0,
+    )
     (out_dir / "lab2_tiny_model.json").write_text(
         json.dumps({"hidden_size": hidden_size, "num_layers": num_layers, "seed": seed}) + "\n"
     )

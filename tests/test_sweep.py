@@ -25,9 +25,13 @@ def _kill_sweep_after_first_experiment(sweep: str, out) -> None:
         if "evaluate_notebook_seconds" in (runs.read_metrics(out / "baseline") or {}).get("timing", {}):
             break  # both stages done and recorded by the sweep
         time.sleep(0.2)
+    assert proc.poll() is None, "the sweep ended before it could be killed"
     family = [proc.pid] + [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
     for pid in family:  # the sweep and its kernel, as a power cut would
-        os.kill(pid, signal.SIGKILL)
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     proc.wait()
     psutil.wait_procs([p for p in map(_process, family) if p], timeout=30)
 

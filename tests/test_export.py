@@ -1,0 +1,70 @@
+"""GGUF export of the tiny model end to end, fidelity included, and refusals."""
+
+import subprocess
+import sys
+
+import pytest
+
+from lab2 import runs
+from lab2.config import ConfigError, load_config
+from lab2.export import choose_experiment, export_experiment
+from lab2.train import run
+from tests.conftest import tiny_base
+
+
+@pytest.fixture(scope="module")
+def trained_256(tmp_path_factory):
+    """A trained experiment on a 256-wide tiny Llama: K-quants need widths that are multiples of 256."""
+    import yaml
+
+    from lab2.modeling import build_tiny_llama
+
+    root = tmp_path_factory.mktemp("export")
+    model_dir = build_tiny_llama(root / "tiny-256", hidden_size=256)
+    params = root / "params" / "wide.yaml"
+    params.parent.mkdir()
+    params.write_text(yaml.safe_dump(tiny_base(model_dir, max_steps=2, eval_steps=2, save_steps=2)))
+    out = root / "outputs"
+    run(load_config(params), out)
+    return out / "wide"
+
+
+def test_export_writes_three_faithful_formats(trained_256):
+    export = export_experiment(trained_256, ["f16", "q8_0", "q4_k_m"], num_perplexity_samples=4)
+    formats = export["formats"]
+    sizes = {fmt: formats[fmt]["size_bytes"] for fmt in formats}
+    for fmt in ("f16", "q8_0", "q4_k_m"):
+        assert (trained_256 / "gguf" / f"wide.{fmt}.gguf").stat().st_size == sizes[fmt]
+        assert formats[fmt]["chat_template_matches_hf"] is True
+        assert formats[fmt]["samples"] and formats[fmt]["generation_tokens_per_second"] > 0
+    assert sizes["f16"] > sizes["q8_0"] > sizes["q4_k_m"]
+    assert formats["q4_k_m"]["reduction_vs_f16_pct"] > 50
+    # Fidelity: perplexity of each GGUF against the merged HF model on the same test tokens.
+    assert abs(formats["f16"]["perplexity_vs_hf_pct"]) < 1.0 and formats["f16"]["fidelity_ok"]
+    assert abs(formats["q8_0"]["perplexity_vs_hf_pct"]) < 2.0 and formats["q8_0"]["fidelity_ok"]
+    assert runs.read_metrics(trained_256)["export"]["formats"].keys() == formats.keys()
+    modelfile = (trained_256 / "gguf" / "Modelfile").read_text()
+    assert "FROM ./wide.q4_k_m.gguf" in modelfile and 'PARAMETER stop "<|eot_id|>"' in modelfile
+    generation = (trained_256 / "merged" / "generation_config.json").read_text()
+    assert '"eos_token_id": 128009' in generation
+
+
+def test_choose_experiment_takes_the_lowest_validation_loss(tmp_path):
+    for name, loss in [("a", 2.0), ("b", 1.5), ("c", 1.0)]:
+        status = "failed" if name == "c" else "complete"
+        runs.write_json_atomic(tmp_path / name / "metrics.json", {"status": status, "train": {"final_eval_loss": 9}, "eval": {"val_loss": loss}})
+    assert choose_experiment(tmp_path) == "b"  # c is lower but failed
+    assert choose_experiment(tmp_path, "a") == "a"
+    with pytest.raises(ConfigError, match=r"EXP=nope: no complete experiment of that name .*\(complete: a, b\)"):
+        choose_experiment(tmp_path, "nope")
+
+
+def test_make_export_with_an_unknown_experiment_fails_in_one_line_and_touches_nothing(tmp_path):
+    runs.write_json_atomic(tmp_path / "a" / "metrics.json", {"status": "complete", "train": {"final_eval_loss": 1.0}})
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    result = subprocess.run(
+        [sys.executable, "-m", "lab2", "export", "--exp", "nope", "--out", str(tmp_path)], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: EXP=nope: no complete experiment of that name in {tmp_path}/ (complete: a)"
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
