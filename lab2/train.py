@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-from transformers import TrainerCallback
+from transformers import Trainer, TrainerCallback
 from trl import SFTConfig, SFTTrainer
 
 from lab2 import data, modeling, runs
@@ -76,6 +76,13 @@ class MeasuredSFTTrainer(SFTTrainer):
         self.tokens_seen += int(mask.sum()) if mask is not None else inputs["input_ids"].numel()
         self.trained_tokens += int((inputs["labels"] != IGNORE_INDEX).sum())
         return super().training_step(model, inputs, num_items_in_batch)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if torch.cuda.is_available():  # TRL's fused LM head: no (batch x length x vocab) logits in GPU memory
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        # On CPU that tiled head costs about twice the plain forward (bench/results); the model's
+        # own loss is the same quantity (summed token NLL / num_items_in_batch), minus TRL's extra metrics.
+        return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
 
     def evaluate(self, *args, **kwargs):
         start = time.perf_counter()
