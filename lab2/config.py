@@ -133,14 +133,33 @@ class EvalSection(_Section):
 
 class ExperimentConfig(_Section):
     experiment: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    # Repeats of one configuration share a group; the report shows their mean +- std.
+    group: str | None = Field(None, description="defaults to the experiment name")
+    # Run this file once per seed (as <experiment>-seed<N>), to measure seed noise.
+    seeds: list[int] | None = Field(None, min_length=2)
     model: ModelSection = Field(default_factory=ModelSection)
     lora: LoraSection = Field(default_factory=LoraSection)
     data: DataSection = Field(default_factory=DataSection)
     train: TrainSection = Field(default_factory=TrainSection)
     eval: EvalSection = Field(default_factory=EvalSection)
 
+    @model_validator(mode="after")
+    def _default_group(self) -> "ExperimentConfig":
+        if self.group is None:
+            self.group = self.experiment
+        return self
+
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
+
+    def seed_runs(self) -> list[dict]:
+        """Overrides that turn this file into one run per seed (or [{}]: run it as it is)."""
+        if not self.seeds:
+            return [{}]
+        return [
+            {"experiment": f"{self.experiment}-seed{seed}", "group": self.group, "seeds": None, "train": {"seed": seed}}
+            for seed in self.seeds
+        ]
 
     @property
     def config_hash(self) -> str:

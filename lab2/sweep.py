@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lab2 import runs
-from lab2.config import ConfigError, experiment_files, load_config
+from lab2.config import ConfigError, deep_merge, experiment_files, load_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 STAGES = (("train", REPO_ROOT / "notebooks" / "train.ipynb"), ("evaluate", REPO_ROOT / "notebooks" / "evaluate.ipynb"))
@@ -141,22 +141,38 @@ def summary_table(outcomes: list[Outcome]) -> str:
     return "\n".join(lines)
 
 
+def plan_runs(files: list[Path], overrides: dict | None = None) -> list[tuple[Path, dict]]:
+    """(params file, overrides) per run: a file with `seeds:` becomes one run per seed.
+
+    A file that does not validate stays one run, which then fails with its message."""
+    plan = []
+    for params_file in files:
+        try:
+            seed_runs = load_config(params_file, overrides).seed_runs()
+        except ConfigError:
+            seed_runs = [{}]
+        plan += [(params_file, deep_merge(overrides or {}, run)) for run in seed_runs]
+    return plan
+
+
 def run_sweep(sweep: str | Path, out_root: str | Path = "outputs", overrides: dict | None = None) -> list[Outcome]:
     files = experiment_files([sweep])
     if not files:
         raise ConfigError(f"{sweep}: no experiment params files (*.yaml other than base.yaml)")
     out_root = Path(out_root)
     show_cells = sys.stderr.isatty()
+    plan = plan_runs(files, overrides)
     outcomes: list[Outcome] = []
     sweep_start = time.perf_counter()
-    print(f"sweep {sweep}: {len(files)} experiments -> {out_root}/", flush=True)
-    for i, params_file in enumerate(files, 1):
+    print(f"sweep {sweep}: {len(plan)} runs of {len(files)} params files -> {out_root}/", flush=True)
+    for i, (params_file, run_overrides) in enumerate(plan, 1):
+        label = run_overrides.get("experiment", params_file.stem)
         elapsed = time.perf_counter() - sweep_start
-        print(f"[{i}/{len(files)}] {params_file.stem} ... (sweep elapsed {elapsed:.0f} s)", flush=True)
-        outcome = run_experiment(params_file, out_root, overrides, show_cells)
+        print(f"[{i}/{len(plan)}] {label} ... (sweep elapsed {elapsed:.0f} s)", flush=True)
+        outcome = run_experiment(params_file, out_root, run_overrides, show_cells)
         outcomes.append(outcome)
         detail = "already complete with these params" if outcome.status == "skipped" else f"{outcome.wall_seconds:.1f} s"
-        print(f"[{i}/{len(files)}] {outcome.name}: {outcome.status} ({detail})" + (f": {outcome.error}" if outcome.error else ""), flush=True)
+        print(f"[{i}/{len(plan)}] {outcome.name}: {outcome.status} ({detail})" + (f": {outcome.error}" if outcome.error else ""), flush=True)
     total = time.perf_counter() - sweep_start
     failed = sum(o.status == "failed" for o in outcomes)
     print("\n" + summary_table(outcomes))
