@@ -8,7 +8,7 @@ TINY   := models/tiny-llama
 
 EXP    ?=
 
-.PHONY: setup sweep export test validate clean
+.PHONY: setup sweep report export test validate clean
 
 setup: $(VENV)/.installed $(TINY)/config.json
 
@@ -28,6 +28,9 @@ $(TINY)/config.json: | $(VENV)/.installed
 
 sweep: setup
 	$(PY) -m lab2 sweep $(SWEEP) --out $(OUT)
+
+report: setup
+	$(PY) -m lab2 report --out $(OUT) --sweep $(SWEEP)
 
 export: setup
 	$(PY) -m lab2 export --out $(OUT) $(if $(EXP),--exp $(EXP))

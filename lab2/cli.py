@@ -64,6 +64,27 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from lab2 import runs
+    from lab2.report import notebooks_to_html
+    from lab2.sweep import REPO_ROOT, run_notebook
+
+    out = Path(args.out)
+    if not any(out.glob(f"*/{runs.METRICS_FILE}")):
+        raise ConfigError(f"OUT={out}: no experiments to report on; run `make sweep` first")
+    run_notebook(
+        REPO_ROOT / "notebooks" / "report.ipynb", out / "report.ipynb",
+        {"output_root": str(out.resolve()), "sweep_dir": args.sweep, "baseline": args.baseline}, sys.stderr.isatty(),
+    )
+    from nbconvert import HTMLExporter
+
+    body, _ = HTMLExporter(exclude_input=True).from_filename(str(out / "report.ipynb"))
+    (out / "report.html").write_text(body)
+    index = notebooks_to_html(out)
+    print(f"wrote {out / 'EXPERIMENT_REPORT.md'}, {out / 'report.ipynb'}, {out / 'report.html'} and {index}")
+    return 0
+
+
 def cmd_tiny_model(args) -> int:
     from lab2.modeling import build_tiny_llama
 
@@ -106,6 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="outputs", help="output root (default outputs)")
     p.add_argument("--formats", nargs="+", default=["f16", "q8_0", "q4_k_m"])
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("report", help="compare the experiments in OUT: markdown, notebook and HTML")
+    p.add_argument("--out", default="outputs", help="output root (default outputs)")
+    p.add_argument("--sweep", default="params/demo", help="params folder for exp_best_combination.yaml")
+    p.add_argument("--baseline", default="baseline")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("tiny-model", help="build the offline tiny Llama (real Llama 3.2 tokenizer, random weights)")
     p.add_argument("dir", nargs="?", default="models/tiny-llama")

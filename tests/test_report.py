@@ -1,0 +1,115 @@
+"""The report's arithmetic on runs whose answers are known by hand."""
+
+import math
+
+import pytest
+
+from lab2 import runs
+from lab2.config import ExperimentConfig
+from lab2.report import GENERATED_MARK, Report, notebooks_to_html, write_best_combination, write_report
+
+
+def _run(out, name, val_loss, group=None, seed=3407, fingerprint="split-A", **config):
+    cfg = ExperimentConfig(experiment=name, group=group, **{"train": {"seed": seed}, **config}).to_dict()
+    # also vary the inputs that should never be compared directly (train loss)
+    metrics = {
+        "experiment": name, "status": "complete", "config": cfg, "config_hash": "h",
+        "data": {"fingerprint": fingerprint},
+        "train": {"final_loss": val_loss - 0.5, "final_eval_loss": val_loss, "total_steps": cfg["train"]["max_steps"],
+                  "training_time_seconds": cfg["train"]["max_steps"] * 1.0, "tokens_per_second": 100.0, "peak_memory_mb": 1000.0,
+                  "history": [{"step": 1, "loss": 2.0}], "eval_history": [{"step": 1, "eval_loss": val_loss}]},
+        "eval": {"val_loss": val_loss, "test_loss": val_loss + 0.01, "perplexity": math.exp(val_loss + 0.01), "bleu": 1.0,
+                 "rouge_l": 0.1, "split_fingerprint": fingerprint,
+                 "base": {"val_loss": 3.0, "test_loss": 3.1, "perplexity": math.exp(3.1), "bleu": 0.0, "rouge_l": 0.0}},
+    }
+    runs.write_json_atomic(out / name / "metrics.json", metrics)
+
+
+@pytest.fixture
+def outputs(tmp_path):
+    out = tmp_path / "outputs"
+    for seed, loss in [(1, 2.00), (2, 2.02), (3, 1.98)]:  # baseline: mean 2.00, std 0.02
+        _run(out, f"baseline-seed{seed}", loss, group="baseline", seed=seed)
+    _run(out, "lr_high", 1.99, train={"learning_rate": 5e-4})  # -0.5 %: inside 2 sigma = 0.04
+    _run(out, "rank_32", 1.90, lora={"r": 32, "alpha": 32})  # -5 %: a real gain
+    _run(out, "steps_30", 2.40, train={"max_steps": 30, "eval_steps": 10, "save_steps": 10})
+    _run(out, "steps_120", 1.80, train={"max_steps": 120})
+    _run(out, "steps_240", 1.75, train={"max_steps": 240})
+    _run(out, "other_data", 1.50, fingerprint="split-B")  # looks best, but on other data
+    runs.write_json_atomic(out / "broken" / "metrics.json", {"experiment": "broken", "status": "failed", "error": "NaN"})
+    return out
+
+
+def test_groups_noise_and_verdicts(outputs):
+    rep = Report(outputs)
+    assert rep.baseline == "baseline"
+    base = rep.groups.set_index("group").loc["baseline"]
+    assert base["seeds"] == 3 and base["val_loss"] == pytest.approx(2.0) and base["val_loss_std"] == pytest.approx(0.02)
+    assert rep.noise == pytest.approx(0.02)  # pooled over the only repeated group
+    verdicts = dict(zip(rep.ranked["group"], rep.ranked["verdict"]))
+    assert verdicts == {"baseline": "baseline", "lr_high": "within noise", "rank_32": "better",
+                        "steps_30": "worse", "steps_120": "better", "steps_240": "better"}
+    change = dict(zip(rep.ranked["group"], rep.ranked["val_loss_vs_base_pct"]))
+    assert change["rank_32"] == pytest.approx(-5.0)
+    assert list(rep.ranked["group"])[0] == "steps_240"  # ranked by validation loss, best first
+
+
+def test_other_split_is_refused_and_failures_listed(outputs):
+    rep = Report(outputs)
+    assert "other_data" not in set(rep.ranked["group"])
+    assert list(rep.other_split["group"]) == ["other_data"]
+    assert [m["experiment"] for m in rep.unfinished] == ["broken"]
+    assert rep.base_model["test_loss"] == 3.1
+    assert rep.table()["group"].iloc[-1] == "base model (no adapter)"
+
+
+def test_findings_are_computed_from_the_data(outputs):
+    text = "\n".join(Report(outputs).findings)
+    assert "sigma = 0.0200 (1.00 % of the baseline's)" in text
+    assert "The factor that moved validation loss most is steps" in text  # 2.40 -> 1.75 spans 0.65
+    assert "Then: rank (0.1000), lr (0.0100)" in text
+    assert "Returns diminish for steps" in text  # 30->60 gained 0.4/30 steps, 120->240 only 0.05/120
+    assert "lr_high: validation loss -0.50 % vs baseline, within noise." in text
+    assert "Best configuration: steps_240" in text
+
+
+def test_best_combination_and_never_over_a_hand_written_file(outputs, tmp_path):
+    rep = Report(outputs)
+    assert rep.best_combination == {
+        "experiment": "exp_best_combination", "train": {"max_steps": 240, "learning_rate": 5e-4}, "lora": {"r": 32, "alpha": 32}
+    }
+    sweep = tmp_path / "params"
+    sweep.mkdir()
+    path, written = write_best_combination(sweep, rep.best_combination)
+    assert written and path.read_text().startswith(GENERATED_MARK)
+    assert write_best_combination(sweep, rep.best_combination)[1]  # its own file: refreshed
+    path.write_text("experiment: mine\n")  # hand-written now
+    assert write_best_combination(sweep, rep.best_combination) == (path, False)
+    assert path.read_text() == "experiment: mine\n"
+
+
+def test_markdown_report_and_html_index(outputs, tmp_path):
+    import nbformat
+
+    rep = Report(outputs)
+    md = write_report(rep, outputs, None).read_text()
+    assert "## Findings" in md and "| steps_240 |" in md and "within noise" in md
+    assert "## Not ranked: evaluated on a different split" in md and "| other_data | split-B |" in md
+    assert "broken: failed NaN" in md
+    for name in ("loss_curves", "validation_loss_by_factor", "cost_against_benefit"):
+        assert (outputs / "report_figures" / f"{name}.png").stat().st_size > 1000
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("hello")]), outputs / "rank_32" / "train.ipynb")
+    index = notebooks_to_html(outputs).read_text()
+    assert 'href="rank_32/train.html"' in index and (outputs / "html" / "rank_32" / "train.html").is_file()
+
+
+def test_make_report_executes_the_notebook_and_writes_html(outputs, tmp_path, capsys):
+    from lab2 import cli
+
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    assert cli.main(["report", "--out", str(outputs), "--sweep", str(sweep)]) == 0
+    for name in ("EXPERIMENT_REPORT.md", "report.ipynb", "report.html", "html/index.html", "html/report.html"):
+        assert (outputs / name).is_file(), name
+    assert "Best configuration: steps_240" in (outputs / "report.html").read_text()
+    assert (sweep / "exp_best_combination.yaml").read_text().startswith("# lab2: generated")
