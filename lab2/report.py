@@ -213,7 +213,10 @@ def findings(ranked: pd.DataFrame, effects: dict[str, pd.DataFrame], baseline: s
                     f"{first:.3g}, from {_fmt_value(gains[-1][0])} to {_fmt_value(gains[-1][1])} by {last:.3g} ({100 * last / first:.0f} % of that)."
                 )
             elif first > 0:
-                lines.append(f"No diminishing returns yet for {name} up to {_fmt_value(rows['value'].iloc[-1])}: the last step gained as much as the first.")
+                lines.append(
+                    f"No clear diminishing returns for {name} up to {_fmt_value(rows['value'].iloc[-1])}: the last segment lowered the loss by "
+                    f"{last:.3g} per unit, {100 * last / first:.0f} % of the first segment's {first:.3g}; try larger values."
+                )
     for _, row in ranked.iterrows():
         if row["group"] != baseline:
             lines.append(f"{row['group']}: validation loss {row['val_loss_vs_base_pct']:+.2f} % vs baseline, {row['verdict']}.")
@@ -269,7 +272,7 @@ def plot_val_loss_by_factor(effects: dict[str, pd.DataFrame], noise: float | Non
     for ax, (name, rows) in zip(axes[0], effects.items()):
         errors = rows["val_loss_std"].fillna(noise or 0.0)
         ax.errorbar(rows["value"], rows["val_loss"], yerr=errors, fmt="o-", capsize=4)
-        ax.set(xlabel=name, ylabel="validation loss", title=f"validation loss vs {name}")
+        ax.set(xlabel=name, ylabel="validation loss", title=f"validation loss vs {name}\n(bars: seed std; single runs: pooled noise)")
         if name == "lr":
             ax.set_xscale("log")
         ax.grid(alpha=0.3)
