@@ -8,7 +8,7 @@ TINY   := models/tiny-llama
 
 EXP    ?=
 
-.PHONY: setup sweep report export test validate clean
+.PHONY: setup sweep report export bench test validate clean
 
 setup: $(VENV)/.installed $(TINY)/config.json
 
@@ -34,6 +34,14 @@ report: setup
 
 export: setup
 	$(PY) -m lab2 export --out $(OUT) $(if $(EXP),--exp $(EXP))
+
+# Speed and memory figures, side by side; about 5 minutes on 2 cores. Writes bench/results/ and docs/benchmarks.md.
+bench: setup
+	$(PY) bench/train_throughput.py
+	$(PY) bench/fixed_cost.py
+	$(PY) bench/eval_batching.py
+	$(PY) bench/export_1b.py
+	$(PY) bench/summarize.py
 
 validate: $(VENV)/.installed
 	$(PY) -m lab2 validate $(SWEEP)

@@ -77,6 +77,9 @@ class TrainSection(_Section):
     weight_decay: NonNegativeFloat = 0.01
     # Trades compute for memory: on for a T4, off for the tiny CPU model.
     gradient_checkpointing: bool = True
+    # Concatenate each batch into one sequence (position_ids restart per example, so attention
+    # never crosses examples): no padding is computed.
+    padding_free: bool = True
     seed: int = 3407
     logging_steps: PositiveInt = 1
     eval_steps: PositiveInt = 20

@@ -68,12 +68,14 @@ class MeasuredSFTTrainer(SFTTrainer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.tokens_seen = 0  # non-padding tokens
+        self.positions = 0  # token positions computed, padding included
         self.trained_tokens = 0  # tokens that carry loss (assistant replies)
         self.eval_seconds = 0.0
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         mask = inputs.get("attention_mask")
         self.tokens_seen += int(mask.sum()) if mask is not None else inputs["input_ids"].numel()
+        self.positions += inputs["input_ids"].numel()
         self.trained_tokens += int((inputs["labels"] != IGNORE_INDEX).sum())
         return super().training_step(model, inputs, num_items_in_batch)
 
@@ -82,7 +84,8 @@ class MeasuredSFTTrainer(SFTTrainer):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         # On CPU that tiled head costs about twice the plain forward (bench/results); the model's
         # own loss is the same quantity (summed token NLL / num_items_in_batch), minus TRL's extra metrics.
-        return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
+        # No KV cache: with one, transformers stops reading packed position_ids as separate sequences.
+        return Trainer.compute_loss(self, model, {**inputs, "use_cache": False}, return_outputs, num_items_in_batch)
 
     def evaluate(self, *args, **kwargs):
         start = time.perf_counter()
@@ -117,7 +120,10 @@ def sft_config(cfg: ExperimentConfig, checkpoint_dir: Path, dtype: torch.dtype) 
         save_strategy="steps",
         save_steps=t.save_steps,
         save_total_limit=t.save_total_limit,
-        max_length=cfg.model.max_seq_length,
+        # lab2.data already truncated every example to max_seq_length (and counted it); TRL
+        # refuses a max_length it cannot enforce on padding-free batches.
+        max_length=None if t.padding_free else cfg.model.max_seq_length,
+        padding_free=t.padding_free,
         bf16=on_cuda and dtype == torch.bfloat16,
         fp16=on_cuda and dtype == torch.float16,
         use_cpu=not on_cuda,
@@ -212,6 +218,7 @@ def train_experiment(cfg: ExperimentConfig, model, tokenizer, splits: Splits, ex
             "periodic_eval_seconds": trainer.eval_seconds,
             "adapter_save_seconds": save_seconds,
             "tokens": trainer.tokens_seen,
+            "padding_fraction": 1 - trainer.tokens_seen / max(trainer.positions, 1),
             "trained_tokens": trainer.trained_tokens,
             "tokens_per_second": trainer.tokens_seen / step_seconds,
             "trained_tokens_per_second": trainer.trained_tokens / step_seconds,

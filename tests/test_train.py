@@ -56,6 +56,7 @@ def test_train_writes_complete_metrics_and_skips_when_done(params_tree, tmp_path
     assert t["eval_history"][-1]["eval_loss"] < t["eval_history"][0]["eval_loss"] < 12.5  # it learns
     assert t["training_time_seconds"] > 0 and t["tokens_per_second"] > 0 and t["peak_memory_mb"] > 100
     assert 0 < t["trained_tokens"] < t["tokens"]  # only replies carry loss
+    assert t["padding_fraction"] == 0.0  # padding-free batches (train.padding_free, the default)
     assert (exp_dir / "adapter" / "adapter_model.safetensors").is_file()
     assert latest_checkpoint(exp_dir / "checkpoints").name == "checkpoint-4"
 

@@ -1,0 +1,61 @@
+"""bench/results/*.json -> docs/benchmarks.md: figure | lab2 | reference | ratio | machine."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+RESULTS = Path("bench/results")
+
+
+def load(name: str) -> dict | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def rows() -> list[tuple[str, str, str, str, str]]:
+    out = []
+    if t := load("train_throughput"):
+        ref, ours = t["reference"], t["lab2"]
+        out += [
+            ("training: useful tokens/s (tiny model)", f"{ours['useful_tokens_per_second']:.1f}", f"{ref['useful_tokens_per_second']:.1f}",
+             f"{t['useful_tokens_per_second_ratio']:.2f}x", t["machine"]),
+            ("training: padding fraction", f"{100 * ours['padding_fraction']:.1f} %", f"{100 * ref['padding_fraction']:.1f} %", "-", t["machine"]),
+            ("training: validation loss after the same steps", f"{ours['val_loss']:.4f}", f"{ref['val_loss']:.4f}",
+             f"diff {t['val_loss_difference']:+.4f}", t["machine"]),
+        ]
+    if f := load("fixed_cost"):
+        anchor = f["reports_anchor"]["outside_seconds"]
+        out.append(("fixed cost per experiment (s): wall - training - evaluation", f"{f['fixed_seconds']:.1f}",
+                    f"{anchor} (reports, 60-step run)", f"{anchor / f['fixed_seconds']:.0f}x less", f["machine"]))
+    if e := load("eval_batching"):
+        out += [
+            ("evaluation: loss, batched vs one-by-one (s)", f"{e['loss']['batched_seconds']:.2f}", f"{e['loss']['single_seconds']:.2f}",
+             f"{e['loss']['speedup']:.2f}x", e["machine"]),
+            ("evaluation: greedy generation, batched vs one-by-one (s)", f"{e['generation']['batched_seconds']:.2f}",
+             f"{e['generation']['single_seconds']:.2f}", f"{e['generation']['speedup']:.2f}x (same text: {e['generation']['identical_text']})", e["machine"]),
+        ]
+    if x := load("export_1b"):
+        out += [
+            ("export 1B: HF -> f16 GGUF + Q4_K_M (s)", f"{x['convert_plus_q4_k_m_seconds']:.1f}",
+             f"{x['anchors']['colab_quantization_only_seconds']} (Colab, quantization alone)",
+             f"{x['anchors']['colab_quantization_only_seconds'] / x['convert_plus_q4_k_m_seconds']:.1f}x", x["machine"]),
+            ("export 1B: peak RSS (MB)", f"{x['peak_rss_mb']:.0f}", "12 700 (free Colab RAM)", f"{x['peak_rss_mb'] / 12700:.0%} of it", x["machine"]),
+            ("export 1B: Q4_K_M size vs f16", f"-{x['q4_k_m_reduction_vs_f16_pct']:.1f} %", "-68 % (reports)", "-", x["machine"]),
+        ]
+    return out
+
+
+def main() -> None:
+    lines = ["# Benchmarks", "",
+             "Written by `make bench` from `bench/results/*.json`. Each ratio is measured side by side in one run on the",
+             "machine named, except where the reference is a figure quoted by the hand-written lab reports.", "",
+             "| figure | lab2 | reference | ratio | machine |", "|---|---|---|---|---|"]
+    lines += [f"| {' | '.join(row)} |" for row in rows()]
+    Path("docs").mkdir(exist_ok=True)
+    Path("docs/benchmarks.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
