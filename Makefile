@@ -8,7 +8,9 @@ TINY   := models/tiny-llama
 
 EXP    ?=
 
-.PHONY: setup sweep report export bench test validate clean
+GGUF   ?=
+
+.PHONY: setup sweep report export app bench test validate clean
 
 setup: $(VENV)/.installed $(TINY)/config.json
 
@@ -35,12 +37,18 @@ report: setup
 export: setup
 	$(PY) -m lab2 export --out $(OUT) $(if $(EXP),--exp $(EXP))
 
+# The chat app on 127.0.0.1:7860; GGUF defaults to the exported Q4_K_M of the best experiment.
+app: setup
+	LAB2_GGUF="$(or $(GGUF),$(shell $(PY) -c "from lab2.export import choose_experiment as c; e = c('$(OUT)'); print(f'$(OUT)/{e}/gguf/{e}.q4_k_m.gguf')"))" $(PY) app.py --host 127.0.0.1
+
 # Speed and memory figures, side by side; about 5 minutes on 2 cores. Writes bench/results/ and docs/benchmarks.md.
 bench: setup
 	$(PY) bench/train_throughput.py
 	$(PY) bench/fixed_cost.py
 	$(PY) bench/eval_batching.py
-	$(PY) bench/export_1b.py
+	$(PY) bench/export_1b.py --keep
+	$(PY) bench/app_throughput.py
+	rm -rf /tmp/lab2-bench-1b
 	$(PY) bench/summarize.py
 
 validate: $(VENV)/.installed

@@ -43,6 +43,9 @@ def rows() -> list[tuple[str, str, str, str, str]]:
             ("export 1B: peak RSS (MB)", f"{x['peak_rss_mb']:.0f}", "12 700 (free Colab RAM)", f"{x['peak_rss_mb'] / 12700:.0%} of it", x["machine"]),
             ("export 1B: Q4_K_M size vs f16", f"-{x['q4_k_m_reduction_vs_f16_pct']:.1f} %", "-68 % (reports)", "-", x["machine"]),
         ]
+    if a := load("app_throughput"):
+        out.append(("chat app: tokens/s served vs raw llama-cpp-python (1B Q4_K_M, 2 threads)", f"{a['app_tokens_per_second']:.1f}",
+                    f"{a['raw_tokens_per_second']:.1f}", f"{100 * a['app_vs_raw']:.0f} %", a["machine"]))
     return out
 
 

@@ -146,18 +146,23 @@ def load_gguf(path: Path, n_ctx: int = 2048):
     return Llama(model_path=str(path), n_ctx=n_ctx, n_threads=os.cpu_count(), logits_all=True, verbose=False)
 
 
-def chat_template_matches(llm, tokenizer, messages: list[dict]) -> bool:
-    """The GGUF's own template, rendered and tokenized by llama.cpp, gives the HF prompt tokens."""
+def render_gguf_prompt(llm, messages: list[dict], add_generation_prompt: bool = True) -> str:
+    """The GGUF's own embedded chat template, rendered as llama.cpp's chat handler renders it."""
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     def raise_exception(message):
         raise ValueError(message)
 
-    template = llm.metadata["tokenizer.chat_template"]
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
     env.globals["raise_exception"] = raise_exception
-    rendered = env.from_string(template).render(messages=messages, bos_token=tokenizer.bos_token, add_generation_prompt=True)
-    gguf_ids = llm.tokenize(rendered.encode(), add_bos=False, special=True)
+    bos = llm.detokenize([llm.token_bos()], special=True).decode()
+    template = env.from_string(llm.metadata["tokenizer.chat_template"])
+    return template.render(messages=messages, bos_token=bos, add_generation_prompt=add_generation_prompt)
+
+
+def chat_template_matches(llm, tokenizer, messages: list[dict]) -> bool:
+    """The GGUF's own template, rendered and tokenized by llama.cpp, gives the HF prompt tokens."""
+    gguf_ids = llm.tokenize(render_gguf_prompt(llm, messages).encode(), add_bos=False, special=True)
     hf_text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     hf_ids = tokenizer(hf_text, add_special_tokens=False)["input_ids"]
     return list(gguf_ids) == list(hf_ids)

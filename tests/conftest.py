@@ -54,3 +54,13 @@ def params_tree(tmp_path, tiny_model_dir):
 
     write("base.yaml", tiny_base(tiny_model_dir))
     return write
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(tiny_model_dir, tmp_path_factory) -> Path:
+    """The tiny model as an f16 GGUF, through llama.cpp's converter."""
+    from lab2.export import convert_to_gguf
+
+    out = tmp_path_factory.mktemp("gguf") / "tiny.f16.gguf"
+    convert_to_gguf(tiny_model_dir, out)
+    return out

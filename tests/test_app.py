@@ -1,0 +1,104 @@
+"""The chat app: history trimming, a real browser session, and 20 concurrent chats."""
+
+import socket
+import statistics
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from lab2.app import ChatModel, InputTooLong, build_app, load_llm, to_messages
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-quic"]
+
+
+@pytest.fixture(scope="module")
+def tuned(tiny_gguf):
+    return ChatModel(load_llm(str(tiny_gguf), n_ctx=512), "tiny.f16.gguf")
+
+
+@pytest.fixture(scope="module")
+def served(tuned, tiny_gguf):
+    """The app on 127.0.0.1 with the tiny GGUF as both models."""
+    base = ChatModel(load_llm(str(tiny_gguf), n_ctx=512), "tiny base")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    app = build_app(tuned, base, title="lab2 chat (test)")
+    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    yield f"http://127.0.0.1:{port}"
+    app.close()
+
+
+def test_history_is_trimmed_oldest_first_and_overlong_input_is_refused(tuned):
+    history = []
+    for i in range(40):  # far more than 512 tokens of context
+        history += [{"role": "user", "content": f"question {i} " * 8}, {"role": "assistant", "content": f"answer {i} " * 8}]
+    messages = to_messages("Be brief.", history, "the newest question")
+    fitted = tuned.fit(messages, max_new_tokens=64)
+    assert fitted[0] == {"role": "system", "content": "Be brief."}
+    assert fitted[-1] == {"role": "user", "content": "the newest question"}
+    assert 3 <= len(fitted) < len(messages) and fitted[1]["role"] == "user"  # whole turns dropped, oldest first
+    assert tuned.prompt_tokens(fitted) + 64 <= 512
+    assert "answer 39" in fitted[-2]["content"]  # the most recent turn kept
+    with pytest.raises(InputTooLong, match="Your message is too long: it needs \\d+ tokens"):
+        tuned.fit(to_messages("", [], "word " * 600), max_new_tokens=64)
+
+
+def test_prompt_is_the_ggufs_own_chat_template(tuned):
+    from lab2.export import render_gguf_prompt
+
+    text = render_gguf_prompt(tuned.llm, [{"role": "user", "content": "Hi"}])
+    assert text.startswith("<|begin_of_text|><|start_header_id|>system<|end_header_id|>")
+    assert text.endswith("<|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n")
+    assert "User:" not in text
+
+
+def test_browser_types_a_message_and_sees_the_streamed_reply(served, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1100, "height": 760})
+        page.goto(served, wait_until="domcontentloaded")  # Gradio keeps connections open: never "networkidle"
+        box = page.get_by_role("textbox").first
+        box.wait_for(timeout=60_000)
+        box.fill("What is the capital of Sweden?")
+        box.press("Enter")
+        bot = page.locator(".message.bot, [data-testid='bot']").last
+        bot.wait_for(timeout=60_000)
+        lengths = []
+        deadline = time.time() + 60
+        while time.time() < deadline:  # watch the reply grow as tokens stream in
+            lengths.append(len(bot.inner_text()))
+            if len(lengths) > 20 and len(set(lengths[-20:])) == 1 and lengths[-1] > 0:
+                break  # unchanged for a second: the reply is complete
+            time.sleep(0.05)
+        page.screenshot(path=str(tmp_path / "chat.png"), full_page=True)
+        browser.close()
+    assert lengths[-1] > 0, "no reply appeared"
+    assert (tmp_path / "chat.png").stat().st_size > 10_000
+    print(f"reply lengths seen while streaming: {sorted(set(lengths))[:12]}; screenshot {tmp_path / 'chat.png'}")
+
+
+def test_twenty_concurrent_chats_are_all_answered(served):
+    from gradio_client import Client
+
+    client = Client(served, verbose=False)
+    job = client.submit("Hello!", "Be brief.", 0.7, 48, 0.05, api_name="/chat")
+    partials = list(job)  # a streamed reply arrives in pieces
+    assert len({str(x) for x in partials}) > 1 and job.outputs()[-1]
+
+    def ask(i):
+        start = time.perf_counter()
+        reply = Client(served, verbose=False).predict(f"Question {i}: what is {i} plus {i}?", "Be brief.", 0.7, 32, 0.05, api_name="/chat")
+        return time.perf_counter() - start, reply
+
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        results = list(pool.map(ask, range(20)))
+    latencies = sorted(t for t, _ in results)
+    assert all(reply for _, reply in results) and len(results) == 20
+    p50, p95 = statistics.median(latencies), latencies[int(0.95 * len(latencies)) - 1]
+    print(f"20 concurrent chats: p50 {p50:.2f} s, p95 {p95:.2f} s, max {latencies[-1]:.2f} s")
