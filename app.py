@@ -21,4 +21,8 @@ if __name__ == "__main__":
         os.environ["LAB2_GGUF"] = args.gguf
     if args.base_gguf:
         os.environ["LAB2_BASE_GGUF"] = args.base_gguf
-    from_environment().launch(server_name=args.host, server_port=args.port)
+    try:
+        app = from_environment()
+    except FileNotFoundError as exc:  # one line, not a traceback: usually `make export` has not run yet
+        raise SystemExit(f"error: {exc}") from None
+    app.launch(server_name=args.host, server_port=args.port)
