@@ -11,8 +11,9 @@ answer the same prompt side by side, so a visitor sees what fine-tuning changed.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 STOP = ["<|eot_id|>"]
@@ -39,6 +40,9 @@ def load_llm(model: str, filename: str | None = None, n_ctx: int = 2048, n_threa
 class ChatModel:
     llm: object
     label: str
+    # A llama.cpp context is not thread-safe: one generation at a time, whatever Gradio's concurrency
+    # (a reply abandoned by a closed browser tab keeps generating in its worker thread).
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def prompt_tokens(self, messages: list[dict]) -> int:
         from lab2.export import render_gguf_prompt
@@ -65,13 +69,14 @@ class ChatModel:
                ignore_eos: bool = False) -> Iterator[str]:
         """The reply, piece by piece as llama.cpp generates it."""
         extra = {"logit_bias": {self.llm.token_eos(): -1e9}} if ignore_eos else {}  # for equal-work benchmarks only
-        for chunk in self.llm.create_chat_completion(
-            messages=self.fit(messages, max_new_tokens), stream=True, temperature=temperature,
-            max_tokens=max_new_tokens, min_p=min_p, stop=STOP, **extra,
-        ):
-            piece = chunk["choices"][0]["delta"].get("content")
-            if piece:
-                yield piece
+        with self.lock:
+            for chunk in self.llm.create_chat_completion(
+                messages=self.fit(messages, max_new_tokens), stream=True, temperature=temperature,
+                max_tokens=max_new_tokens, min_p=min_p, stop=STOP, **extra,
+            ):
+                piece = chunk["choices"][0]["delta"].get("content")
+                if piece:
+                    yield piece
 
 
 def to_messages(system_prompt: str, history: list[dict], message: str) -> list[dict]:

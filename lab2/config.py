@@ -46,8 +46,8 @@ class ModelSection(_Section):
     max_seq_length: PositiveInt = 2048
     load_in_4bit: bool = False
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    # Seam for the GPU engine: "auto" resolves to the best backend available.
-    backend: Literal["auto", "hf"] = "auto"
+    # "auto": Unsloth when CUDA and the unsloth package are both there, else transformers + peft.
+    backend: Literal["auto", "hf", "unsloth"] = "auto"
 
 
 class LoraSection(_Section):
@@ -85,6 +85,9 @@ class TrainSection(_Section):
     eval_steps: PositiveInt = 20
     save_steps: PositiveInt = 20
     save_total_limit: PositiveInt = 2
+    # Where checkpoints go: null = OUT/<experiment>/checkpoints; a Drive folder survives a Colab
+    # disconnect (<checkpoint_dir>/<experiment>/). Not part of the config hash: it moves, not changes, a run.
+    checkpoint_dir: str | None = None
 
     @model_validator(mode="after")
     def _one_length_and_schedule_fits(self) -> "TrainSection":
@@ -169,7 +172,9 @@ class ExperimentConfig(_Section):
         """Identity of what training computes: a changed param means a new run.
 
         The eval section is left out, so new prompts re-evaluate without retraining."""
-        return _hash({k: v for k, v in self.to_dict().items() if k != "eval"})
+        data = {k: v for k, v in self.to_dict().items() if k != "eval"}
+        data["train"] = {k: v for k, v in data["train"].items() if k != "checkpoint_dir"}
+        return _hash(data)
 
     @property
     def eval_hash(self) -> str:

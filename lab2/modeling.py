@@ -6,6 +6,7 @@ tiny model exercises the code path a real hub model takes.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import warnings
 from importlib import resources
@@ -48,8 +49,10 @@ def load_tokenizer(model_name: str, chat_template: str = "model"):
 
 
 def resolve_backend(model: ModelSection) -> str:
-    # Only the transformers+peft backend exists yet; Unsloth will slot in here on CUDA.
-    return "hf"
+    """'unsloth' when asked for, or on 'auto' when CUDA and the unsloth package are both present."""
+    if model.backend != "auto":
+        return model.backend
+    return "unsloth" if torch.cuda.is_available() and importlib.util.find_spec("unsloth") is not None else "hf"
 
 
 def resolve_dtype(name: str) -> torch.dtype:
@@ -93,11 +96,36 @@ def attach_lora(base_model, cfg: ExperimentConfig):
     return get_peft_model(base_model, lora)
 
 
+def load_unsloth_model(cfg: ExperimentConfig):
+    """Unsloth's 4-bit loader and LoRA, for CUDA. Imported here only: unsloth needs an NVIDIA GPU
+    at import, so the CPU path never touches it. Data and reply-only labels stay lab2's own."""
+    if not torch.cuda.is_available():
+        raise ValueError("model.backend: unsloth needs an NVIDIA GPU; use backend: hf (or auto) here")
+    from unsloth import FastLanguageModel
+
+    model, _ = FastLanguageModel.from_pretrained(
+        model_name=cfg.model.name,
+        max_seq_length=cfg.model.max_seq_length,
+        load_in_4bit=cfg.model.load_in_4bit,
+        dtype=None if cfg.model.dtype == "auto" else resolve_dtype(cfg.model.dtype),
+    )
+    return FastLanguageModel.get_peft_model(
+        model,
+        r=cfg.lora.r,
+        lora_alpha=cfg.lora.alpha,
+        lora_dropout=cfg.lora.dropout,
+        target_modules=cfg.lora.target_modules,
+        bias="none",
+        use_gradient_checkpointing="unsloth" if cfg.train.gradient_checkpointing else False,
+        random_state=cfg.train.seed,
+        max_seq_length=cfg.model.max_seq_length,
+    )
+
+
 def load_trainable_model(cfg: ExperimentConfig):
     """The base model with LoRA adapters attached, by the configured backend."""
-    backend = resolve_backend(cfg.model)
-    if backend != "hf":  # pragma: no cover - the seam for later backends
-        raise ValueError(f"model.backend: {backend} is not available")
+    if resolve_backend(cfg.model) == "unsloth":
+        return load_unsloth_model(cfg)
     return attach_lora(load_base_model(cfg.model), cfg)
 
 

@@ -152,7 +152,7 @@ def train_experiment(cfg: ExperimentConfig, model, tokenizer, splits: Splits, ex
         print(f"{cfg.experiment}: already complete with this config ({cfg.config_hash}); not training again")
         return runs.read_metrics(exp_dir)
 
-    checkpoint_dir = exp_dir / CHECKPOINTS
+    checkpoint_dir = Path(cfg.train.checkpoint_dir) / cfg.experiment if cfg.train.checkpoint_dir else exp_dir / CHECKPOINTS
     previous = runs.read_metrics(exp_dir)
     if previous and previous.get("config_hash") != cfg.config_hash and checkpoint_dir.exists():
         # Checkpoints of other params would resume the wrong run.

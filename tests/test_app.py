@@ -47,6 +47,20 @@ def test_history_is_trimmed_oldest_first_and_overlong_input_is_refused(tuned):
         tuned.fit(to_messages("", [], "word " * 600), max_new_tokens=64)
 
 
+def test_one_generation_at_a_time_per_model(tuned):
+    import threading
+
+    first = tuned.stream([{"role": "user", "content": "Hi"}], max_new_tokens=8)
+    next(first)  # a reply under way holds the model ...
+    second = threading.Thread(target=lambda: list(tuned.stream([{"role": "user", "content": "Yo"}], max_new_tokens=4)))
+    second.start()
+    second.join(timeout=2)
+    assert second.is_alive()  # ... so a second one waits instead of sharing the llama.cpp context
+    list(first)
+    second.join(timeout=60)
+    assert not second.is_alive()
+
+
 def test_prompt_is_the_ggufs_own_chat_template(tuned):
     from lab2.export import render_gguf_prompt
 
