@@ -88,6 +88,9 @@ class TrainSection(_Section):
     # Where checkpoints go: null = OUT/<experiment>/checkpoints; a Drive folder survives a Colab
     # disconnect (<checkpoint_dir>/<experiment>/). Not part of the config hash: it moves, not changes, a run.
     checkpoint_dir: str | None = None
+    # Also push each checkpoint to this Hub repo (token from HF_TOKEN only), and resume from it
+    # when no local checkpoint exists, e.g. on a fresh Colab VM. Not part of the config hash either.
+    checkpoint_hub_repo: str | None = None
 
     @model_validator(mode="after")
     def _one_length_and_schedule_fits(self) -> "TrainSection":
@@ -173,7 +176,7 @@ class ExperimentConfig(_Section):
 
         The eval section is left out, so new prompts re-evaluate without retraining."""
         data = {k: v for k, v in self.to_dict().items() if k != "eval"}
-        data["train"] = {k: v for k, v in data["train"].items() if k != "checkpoint_dir"}
+        data["train"] = {k: v for k, v in data["train"].items() if k not in ("checkpoint_dir", "checkpoint_hub_repo")}
         return _hash(data)
 
     @property

@@ -47,6 +47,23 @@ def latest_checkpoint(checkpoint_dir: str | Path) -> Path | None:
     return best
 
 
+def restore_from_hub(repo_id: str, checkpoint_dir: Path) -> Path | None:
+    """Fetch the Trainer's `last-checkpoint/` from a Hub repo into checkpoint-<step>/."""
+    import json
+
+    from huggingface_hub import snapshot_download
+
+    staging = checkpoint_dir / ".hub-download"
+    snapshot_download(repo_id, allow_patterns=["last-checkpoint/*"], local_dir=staging)  # token: HF_TOKEN
+    state = staging / "last-checkpoint" / "trainer_state.json"
+    if not state.is_file():
+        return None
+    target = checkpoint_dir / f"checkpoint-{json.loads(state.read_text())['global_step']}"
+    (staging / "last-checkpoint").replace(target)
+    shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
 # --------------------------------------------------------------------------- trainer
 
 
@@ -129,6 +146,11 @@ def sft_config(cfg: ExperimentConfig, checkpoint_dir: Path, dtype: torch.dtype) 
         use_cpu=not on_cuda,
         report_to="none",
         disable_tqdm=False,
+        # Optional: every checkpoint also goes to the Hub (`last-checkpoint/`), so a new VM can resume.
+        push_to_hub=t.checkpoint_hub_repo is not None,
+        hub_model_id=t.checkpoint_hub_repo,
+        hub_strategy="checkpoint",
+        hub_private_repo=True,
     )
 
 
@@ -159,6 +181,8 @@ def train_experiment(cfg: ExperimentConfig, model, tokenizer, splits: Splits, ex
         print(f"{cfg.experiment}: params changed since the last run; discarding its checkpoints")
         shutil.rmtree(checkpoint_dir)
     resume_from = latest_checkpoint(checkpoint_dir)
+    if resume_from is None and cfg.train.checkpoint_hub_repo:
+        resume_from = restore_from_hub(cfg.train.checkpoint_hub_repo, checkpoint_dir)
     if resume_from is not None:
         warnings.warn(f"{cfg.experiment}: resuming from {resume_from}", stacklevel=2)
 

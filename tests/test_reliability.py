@@ -90,3 +90,24 @@ def test_cli_train_refuses_bad_input_in_one_line(params_tree, tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip() == f"error: {params}: data.source: {tmp_path / 'missing.jsonl'}: no such file or folder (relative to {os.getcwd()})"
     assert not (tmp_path / "out").exists()
+
+
+def test_resume_point_restored_from_a_hub_repo(tmp_path, monkeypatch):
+    """With no local checkpoint, the Hub repo's last-checkpoint/ becomes checkpoint-<step>/."""
+    import huggingface_hub
+
+    from lab2.train import restore_from_hub
+
+    def fake_snapshot_download(repo_id, allow_patterns, local_dir):
+        assert repo_id == "someone/run" and allow_patterns == ["last-checkpoint/*"]
+        folder = local_dir / "last-checkpoint"
+        folder.mkdir(parents=True)
+        (folder / "trainer_state.json").write_text(json.dumps({"global_step": 250}))
+        (folder / "adapter_model.safetensors").write_bytes(b"weights")
+        return str(local_dir)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    restored = restore_from_hub("someone/run", tmp_path)
+    assert restored == tmp_path / "checkpoint-250"
+    assert latest_checkpoint(tmp_path) == restored and (restored / "adapter_model.safetensors").read_bytes() == b"weights"
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint-250"]  # no staging left behind
