@@ -9,6 +9,10 @@ TINY   := models/tiny-llama
 EXP    ?=
 
 GGUF   ?=
+EXECUTOR ?= local
+RAY_ADDRESS ?=
+GPUS_PER_EXPERIMENT ?=
+SHARD ?=
 
 .PHONY: setup sweep report export app bench test validate clean
 
@@ -29,7 +33,8 @@ $(TINY)/config.json: | $(VENV)/.installed
 	$(PY) -m lab2 tiny-model $(TINY)
 
 sweep: setup
-	$(PY) -m lab2 sweep $(SWEEP) --out $(OUT)
+	$(PY) -m lab2 sweep $(SWEEP) --out $(OUT) --executor $(EXECUTOR) $(if $(RAY_ADDRESS),--ray-address $(RAY_ADDRESS)) \
+		$(if $(GPUS_PER_EXPERIMENT),--gpus-per-experiment $(GPUS_PER_EXPERIMENT)) $(if $(SHARD),--shard $(SHARD))
 
 report: setup
 	$(PY) -m lab2 report --out $(OUT) --sweep $(SWEEP)

@@ -30,7 +30,11 @@ def cmd_validate(args) -> int:
 def cmd_sweep(args) -> int:
     from lab2.sweep import run_sweep
 
-    outcomes = run_sweep(args.sweep, args.out)
+    outcomes = run_sweep(
+        args.sweep, args.out, executor=args.executor, ray_address=args.ray_address or None,
+        cpus_per_experiment=args.cpus_per_experiment, gpus_per_experiment=args.gpus_per_experiment, copy_back=args.copy_back,
+        shard=args.shard,
+    )
     return 1 if any(o.status == "failed" for o in outcomes) else 0
 
 
@@ -115,6 +119,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="run train.ipynb once per params file")
     p.add_argument("sweep", nargs="?", default="params/demo", help="folder of params files (default params/demo)")
     p.add_argument("--out", default="outputs", help="output root (default outputs)")
+    p.add_argument("--executor", choices=["local", "ray"], default="local", help="local: one after the other (default)")
+    p.add_argument("--ray-address", default=None, help="a Ray cluster (default: start one on this machine)")
+    p.add_argument("--cpus-per-experiment", type=float, default=1)
+    p.add_argument("--gpus-per-experiment", type=float, default=None, help="default: 1 if the cluster has GPUs, else 0")
+    p.add_argument("--copy-back", action="store_true", help="workers do not share OUT: return each experiment's folder")
+    p.add_argument("--shard", default=None, help="K/N: run only every N-th run from the K-th (split a sweep across sessions)")
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("train", help="train one experiment without a notebook (same steps as train.ipynb)")

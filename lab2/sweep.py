@@ -155,27 +155,54 @@ def plan_runs(files: list[Path], overrides: dict | None = None) -> list[tuple[Pa
     return plan
 
 
-def run_sweep(sweep: str | Path, out_root: str | Path = "outputs", overrides: dict | None = None) -> list[Outcome]:
+def select_shard(plan: list, shard: str | None) -> list:
+    """Shard "K/N": every N-th run starting at the K-th, so N sessions (say, Colab notebooks
+    writing to one Drive folder) split a sweep between them without overlap."""
+    if not shard:
+        return plan
+    try:
+        k, n = (int(x) for x in shard.split("/"))
+        assert 1 <= k <= n
+    except (ValueError, AssertionError):
+        raise ConfigError(f"SHARD={shard}: expected K/N with 1 <= K <= N, e.g. 2/3") from None
+    return plan[k - 1 :: n]
+
+
+def run_sweep(
+    sweep: str | Path, out_root: str | Path = "outputs", overrides: dict | None = None,
+    executor: str = "local", ray_address: str | None = None, cpus_per_experiment: float = 1,
+    gpus_per_experiment: float | None = None, copy_back: bool = False, shard: str | None = None,
+) -> list[Outcome]:
     files = experiment_files([sweep])
     if not files:
         raise ConfigError(f"{sweep}: no experiment params files (*.yaml other than base.yaml)")
+    if executor not in ("local", "ray"):
+        raise ConfigError(f"EXECUTOR={executor}: choose local or ray")
     out_root = Path(out_root)
-    show_cells = sys.stderr.isatty()
-    plan = plan_runs(files, overrides)
-    outcomes: list[Outcome] = []
+    plan = select_shard(plan_runs(files, overrides), shard)
     sweep_start = time.perf_counter()
-    print(f"sweep {sweep}: {len(plan)} runs of {len(files)} params files -> {out_root}/", flush=True)
-    for i, (params_file, run_overrides) in enumerate(plan, 1):
-        label = run_overrides.get("experiment", params_file.stem)
-        elapsed = time.perf_counter() - sweep_start
-        print(f"[{i}/{len(plan)}] {label} ... (sweep elapsed {elapsed:.0f} s)", flush=True)
-        outcome = run_experiment(params_file, out_root, run_overrides, show_cells)
-        outcomes.append(outcome)
-        detail = "already complete with these params" if outcome.status == "skipped" else f"{outcome.wall_seconds:.1f} s"
-        print(f"[{i}/{len(plan)}] {outcome.name}: {outcome.status} ({detail})" + (f": {outcome.error}" if outcome.error else ""), flush=True)
+    print(f"sweep {sweep}: {len(plan)} runs of {len(files)} params files -> {out_root}/ ({executor})", flush=True)
+    if executor == "ray":
+        from lab2.ray_executor import run_on_ray
+
+        outcomes = run_on_ray(plan, out_root, ray_address, cpus_per_experiment, gpus_per_experiment, copy_back)
+    else:
+        outcomes = []
+        show_cells = sys.stderr.isatty()
+        for i, (params_file, run_overrides) in enumerate(plan, 1):
+            label = run_overrides.get("experiment", params_file.stem)
+            print(f"[{i}/{len(plan)}] {label} ... (sweep elapsed {time.perf_counter() - sweep_start:.0f} s)", flush=True)
+            outcome = run_experiment(params_file, out_root, run_overrides, show_cells)
+            outcomes.append(outcome)
+            print(f"[{i}/{len(plan)}] {describe(outcome)}", flush=True)
     total = time.perf_counter() - sweep_start
     failed = sum(o.status == "failed" for o in outcomes)
     print("\n" + summary_table(outcomes))
     print(f"\n{len(outcomes)} experiments: {sum(o.status == 'complete' for o in outcomes)} run, "
           f"{sum(o.status == 'skipped' for o in outcomes)} skipped, {failed} failed; total {total:.1f} s")
     return outcomes
+
+
+def describe(outcome: Outcome) -> str:
+    detail = "already complete with these params" if outcome.status == "skipped" else f"{outcome.wall_seconds:.1f} s"
+    return f"{outcome.name}: {outcome.status} ({detail})" + (f": {outcome.error}" if outcome.error else "")

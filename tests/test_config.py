@@ -101,3 +101,14 @@ def test_shipped_params_are_valid():
     for path in experiment_files([REPO / "params" / "demo"]):
         load_config(path)
     assert len(experiment_files([REPO / "params" / "demo"])) >= 4
+
+
+def test_shards_split_a_sweep_without_overlap():
+    from lab2.sweep import select_shard
+
+    plan = list(range(7))
+    parts = [select_shard(plan, f"{k}/3") for k in (1, 2, 3)]
+    assert parts == [[0, 3, 6], [1, 4], [2, 5]] and sorted(sum(parts, [])) == plan
+    assert select_shard(plan, None) == plan
+    with pytest.raises(ConfigError, match="SHARD=4/3: expected K/N"):
+        select_shard(plan, "4/3")
