@@ -13,7 +13,6 @@ Checks per format (all go into the `export` section of metrics.json):
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import subprocess
@@ -311,7 +310,3 @@ def summary_table(export: dict) -> str:
         )
     lines.append(f"merged HF model perplexity {export['hf_perplexity']:.2f} on {export['perplexity_samples']} test conversations")
     return "\n".join(lines)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    print(json.dumps(export_experiment(Path(sys.argv[1]), sys.argv[2:] or list(FORMATS)), indent=2))

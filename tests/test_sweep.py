@@ -15,7 +15,7 @@ import psutil
 
 from lab2 import cli, runs
 
-FAKE_TOKEN = "hf_FakeTokenForTheSecretsTest0123456789abcdef"
+FAKE_TOKEN = "hf_" + "FakeTokenForTheSecretsTest0123456789abcdef"  # built here so no token-shaped string is tracked
 
 
 def _kill_sweep_after_first_experiment(sweep: str, out) -> None:
