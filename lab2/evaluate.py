@@ -180,6 +180,18 @@ def evaluate_experiment(model, tokenizer, splits, cfg) -> dict:
     return results
 
 
+def sample_answers(results: dict) -> str:
+    """Each fixed prompt with the fine-tuned answer and, when measured, the base model's."""
+    base = {s["prompt"]: s["output"] for s in (results.get("base") or {}).get("samples", [])}
+    blocks = []
+    for sample in results["samples"]:
+        lines = [f"Q: {sample['prompt']}", f"A (fine-tuned): {sample['output']}"]
+        if sample["prompt"] in base:
+            lines.append(f"A (base):       {base[sample['prompt']]}")
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
 def comparison_table(results: dict) -> str:
     """Fine-tuned against base, as a small text table."""
     keys = ["val_loss", "test_loss", "perplexity", "bleu", "rouge_l"]

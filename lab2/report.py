@@ -55,12 +55,21 @@ def flatten(config: dict, prefix: str = "") -> dict:
     return flat
 
 
+def group_of(metrics: dict) -> str:
+    """Seed repeats share a group; any other run is its own."""
+    return metrics["config"].get("group") or metrics["experiment"]
+
+
+def configs_by_group(complete: list[dict]) -> dict[str, dict]:
+    return {group_of(m): m["config"] for m in complete}
+
+
 def run_row(metrics: dict) -> dict:
     cfg, train = metrics["config"], metrics["train"]
     evaluation = metrics.get("eval") or {}
     return {
         "experiment": metrics["experiment"],
-        "group": cfg.get("group") or metrics["experiment"],
+        "group": group_of(metrics),
         "seed": cfg["train"]["seed"],
         "steps": train["total_steps"],
         "lr": cfg["train"]["learning_rate"],
@@ -159,9 +168,7 @@ def factor_of(config: dict, baseline_config: dict) -> tuple[str | None, set]:
 
 def factor_effects(complete: list[dict], ranked: pd.DataFrame, baseline: str) -> dict[str, pd.DataFrame]:
     """Per factor: its values (baseline included) with mean validation loss, sorted by value."""
-    configs = {}
-    for metrics in complete:
-        configs.setdefault(metrics["config"].get("group") or metrics["experiment"], metrics["config"])
+    configs = configs_by_group(complete)
     effects: dict[str, list] = {name: [] for name in FACTORS}
     for group in ranked["group"]:
         factor, _ = factor_of(configs[group], configs[baseline])
@@ -235,7 +242,7 @@ def _fmt_value(value) -> str:
 
 def best_combination(complete: list[dict], effects: dict[str, pd.DataFrame], baseline: str) -> dict:
     """Overrides on the baseline that take each factor's best value (alpha moves with r)."""
-    configs = {m["config"].get("group") or m["experiment"]: m["config"] for m in complete}
+    configs = configs_by_group(complete)
     overrides: dict = {"experiment": BEST_COMBINATION.removesuffix(".yaml")}
     for rows in effects.values():
         best_group = rows.loc[rows["val_loss"].idxmin(), "group"]

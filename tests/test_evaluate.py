@@ -91,3 +91,14 @@ def test_evaluate_experiment_measures_base_with_the_same_keys(lora_model, tokeni
     assert results["base"]["test_loss"] != pytest.approx(results["test_loss"])  # the adapter was really off
     assert results["samples"][0]["prompt"] == "Hi" and results["num_reference_samples"] == 2
     assert results["eval_hash"] == cfg.eval_hash and results["split_fingerprint"] == "f"
+
+
+def test_sample_answers_pair_fine_tuned_and_base():
+    from lab2.evaluate import sample_answers
+
+    results = {"samples": [{"prompt": "Hi", "output": "Hello!"}, {"prompt": "2+2?", "output": "4"}],
+               "base": {"samples": [{"prompt": "Hi", "output": "hi hi"}, {"prompt": "2+2?", "output": "five"}]}}
+    assert sample_answers(results) == (
+        "Q: Hi\nA (fine-tuned): Hello!\nA (base):       hi hi\n\nQ: 2+2?\nA (fine-tuned): 4\nA (base):       five"
+    )
+    assert sample_answers({"samples": [{"prompt": "Hi", "output": "Hello!"}]}) == "Q: Hi\nA (fine-tuned): Hello!"
