@@ -6,6 +6,11 @@ A stage already done for the same params is skipped (training by config hash,
 evaluation by eval hash); a failed stage's notebook is kept as
 `<stage>.failed.ipynb` and the stage runs again next time. One failure never
 stops the others; the exit status says whether any failed.
+
+The stages of one experiment share one kernel: starting a kernel and importing torch,
+transformers and peft cost about 8 s on 2 cores, paid once per experiment rather than once
+per notebook. Between stages the kernel's namespace is wiped, so a stage inherits warm
+imports from the one before, never its variables (see `experiment_kernel`).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,7 +55,65 @@ def _kernel_environment() -> None:
         os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
 
 
-def run_notebook(notebook: Path, output: Path, parameters: dict, show_cells: bool) -> None:
+# Run between two stages in a shared kernel: the next notebook must not see the last one's
+# variables, and its model must not load while the last one's still holds (GPU) memory.
+# `%reset -f` also runs gc.collect(), so the CUDA cache is emptied after it.
+RESET_BETWEEN_STAGES = """\
+import sys
+if "matplotlib.pyplot" in sys.modules:
+    sys.modules["matplotlib.pyplot"].close("all")
+%reset -f
+import sys
+if "torch" in sys.modules and sys.modules["torch"].cuda.is_available():
+    sys.modules["torch"].cuda.empty_cache()
+del sys
+"""
+
+
+@contextmanager
+def experiment_kernel(shared: bool = True):
+    """A kernel manager for all stages of one experiment, shut down on the way out.
+
+    Yields None when `shared` is False: then papermill starts a fresh kernel per notebook.
+    nbclient leaves a kernel it does not own running, and its clients' channels open; the
+    manager below remembers its clients so that they are closed here, not leaked per stage.
+    """
+    if not shared:
+        yield None
+        return
+    from jupyter_client import AsyncKernelManager
+    from jupyter_core.utils import run_sync
+
+    class ExperimentKernelManager(AsyncKernelManager):
+        def client(self, **kwargs):
+            kc = super().client(**kwargs)
+            self.lab2_clients.append(kc)
+            return kc
+
+    km = ExperimentKernelManager(kernel_name="python3")
+    km.lab2_clients = []
+    try:
+        yield km
+    finally:
+        for kc in km.lab2_clients:
+            kc.stop_channels()
+        if km.has_kernel:
+            run_sync(km.shutdown_kernel)(now=True)
+        run_sync(km.cleanup_resources)()
+
+
+def reset_kernel_namespace(km) -> None:
+    """Wipe a shared kernel's variables between stages (imports stay cached in sys.modules)."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    if km is None or not km.has_kernel:
+        return
+    NotebookClient(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(RESET_BETWEEN_STAGES)]), km=km).execute()
+
+
+def run_notebook(notebook: Path, output: Path, parameters: dict, show_cells: bool, km=None) -> None:
+    """Execute one stage notebook with papermill; in `km`'s kernel when given, else a fresh one."""
     import papermill
 
     _kernel_environment()
@@ -64,6 +128,7 @@ def run_notebook(notebook: Path, output: Path, parameters: dict, show_cells: boo
         request_save_on_cell_execute=True,
         # The kernel listens on loopback only; its "TCP without encryption" warning is noise.
         extra_arguments=["--IPKernelApp.log_level=ERROR"],
+        **({"km": km} if km is not None else {}),
     )
 
 
@@ -74,8 +139,14 @@ def stage_done(stage: str, exp_dir: Path, cfg) -> bool:
     return stage == "train" or (runs.read_metrics(exp_dir).get("eval") or {}).get("eval_hash") == cfg.eval_hash
 
 
-def run_experiment(params_file: Path, out_root: Path, overrides: dict | None = None, show_cells: bool = False) -> Outcome:
-    """Run whichever stages of one experiment are not done yet; never raises."""
+def run_experiment(
+    params_file: Path, out_root: Path, overrides: dict | None = None, show_cells: bool = False,
+    shared_kernel: bool = True,
+) -> Outcome:
+    """Run whichever stages of one experiment are not done yet; never raises.
+
+    `shared_kernel=False` gives each stage notebook its own kernel (slower; bench/fixed_cost.py
+    compares the two)."""
     name = params_file.stem
     start = time.perf_counter()
     ran: dict[str, float] = {}
@@ -84,21 +155,23 @@ def run_experiment(params_file: Path, out_root: Path, overrides: dict | None = N
         name = cfg.experiment
         exp_dir = out_root / name
         parameters = {"params_path": str(params_file.resolve()), "output_root": str(out_root.resolve()), "overrides": overrides or {}}
-        for stage, notebook in STAGES:
-            if stage_done(stage, exp_dir, cfg):
-                continue
-            executed = exp_dir / f"{stage}.ipynb"
-            exp_dir.mkdir(parents=True, exist_ok=True)
-            stage_start = time.perf_counter()
-            try:
-                run_notebook(notebook, executed, parameters, show_cells)
-                if not stage_done(stage, exp_dir, cfg):  # an older run's file must not pass for this one
-                    raise RuntimeError((runs.read_metrics(exp_dir) or {}).get("error") or f"{stage}.ipynb ended without its results")
-            except Exception:
-                if executed.exists():  # keep the failed notebook for its post-mortem; a re-run starts afresh
-                    executed.replace(exp_dir / f"{stage}.failed.ipynb")
-                raise
-            ran[stage] = time.perf_counter() - stage_start
+        with experiment_kernel(shared_kernel) as km:
+            for stage, notebook in STAGES:
+                if stage_done(stage, exp_dir, cfg):
+                    continue
+                executed = exp_dir / f"{stage}.ipynb"
+                exp_dir.mkdir(parents=True, exist_ok=True)
+                stage_start = time.perf_counter()
+                try:
+                    reset_kernel_namespace(km)
+                    run_notebook(notebook, executed, parameters, show_cells, km)
+                    if not stage_done(stage, exp_dir, cfg):  # an older run's file must not pass for this one
+                        raise RuntimeError((runs.read_metrics(exp_dir) or {}).get("error") or f"{stage}.ipynb ended without its results")
+                except Exception:
+                    if executed.exists():  # keep the failed notebook for its post-mortem; a re-run starts afresh
+                        executed.replace(exp_dir / f"{stage}.failed.ipynb")
+                    raise
+                ran[stage] = time.perf_counter() - stage_start
     except Exception as exc:  # noqa: BLE001 - one experiment must not sink the sweep
         return Outcome(name, "failed", time.perf_counter() - start, error=_one_line_error(exc))
     metrics = runs.read_metrics(exp_dir)

@@ -13,7 +13,7 @@ import time
 import nbformat
 import psutil
 
-from lab2 import cli, runs
+from lab2 import cli, runs, sweep
 
 FAKE_TOKEN = "hf_" + "FakeTokenForTheSecretsTest0123456789abcdef"  # built here so no token-shaped string is tracked
 
@@ -107,14 +107,53 @@ def test_sweep_end_to_end(params_tree, tmp_path, capsys, monkeypatch):
     assert (out / "z_junk" / "train.failed.ipynb").is_file()
 
     # 4. Changing only the eval section re-evaluates without retraining.
+    shared_kernel_eval = runs.read_metrics(out / "baseline")["eval"]  # evaluated in the kernel that trained
     trained_at = runs.read_metrics(out / "baseline")["finished_at"]
     params_tree("sweep/baseline.yaml", {"eval": {"prompts": ["Name a colour."]}})
     cli.main(["sweep", sweep, "--out", str(out)])
     assert "1 run, 2 skipped, 1 failed" in capsys.readouterr().out
     again = runs.read_metrics(out / "baseline")
     assert again["finished_at"] == trained_at and again["eval"]["samples"][0]["prompt"] == "Name a colour."
+    # Evaluated alone in a fresh kernel, the losses equal those from the kernel shared with training.
+    for key in ("val_loss", "test_loss"):
+        assert again["eval"][key] == shared_kernel_eval[key]
+        assert again["eval"]["base"][key] == shared_kernel_eval["base"][key]
 
     # The token was in every kernel's environment, and is nowhere in the outputs.
     for path in out.rglob("*"):
         if path.is_file():
             assert FAKE_TOKEN.encode() not in path.read_bytes(), path
+
+
+def _pid_notebooks(tmp_path):
+    first, second = tmp_path / "first.ipynb", tmp_path / "second.ipynb"
+    for path, code in ((first, "import os\nleft_over = [0] * 10\nprint(os.getpid())"),
+                       (second, "import os\nprint(os.getpid(), 'left_over' in globals())")):
+        nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code)]), path)
+    return first, second
+
+
+def _printed(executed) -> list[str]:
+    return nbformat.read(executed, as_version=4).cells[-1].outputs[0]["text"].split()
+
+
+def test_stages_share_a_kernel_but_not_its_variables(tmp_path):
+    first, second = _pid_notebooks(tmp_path)
+    with sweep.experiment_kernel() as km:
+        sweep.run_notebook(first, tmp_path / "first.out.ipynb", {}, show_cells=False, km=km)
+        sweep.reset_kernel_namespace(km)
+        sweep.run_notebook(second, tmp_path / "second.out.ipynb", {}, show_cells=False, km=km)
+        clients = list(km.lab2_clients)
+    [pid] = _printed(tmp_path / "first.out.ipynb")
+    assert _printed(tmp_path / "second.out.ipynb") == [pid, "False"]  # same process; the variable is gone
+    assert not psutil.pid_exists(int(pid)) or psutil.Process(int(pid)).status() == psutil.STATUS_ZOMBIE  # shut down
+    assert len(clients) == 3 and not any(kc.channels_running for kc in clients)  # no channels left open
+
+
+def test_a_fresh_kernel_per_stage_on_request(tmp_path):
+    first, second = _pid_notebooks(tmp_path)
+    with sweep.experiment_kernel(shared=False) as km:
+        sweep.run_notebook(first, tmp_path / "first.out.ipynb", {}, show_cells=False, km=km)
+        sweep.run_notebook(second, tmp_path / "second.out.ipynb", {}, show_cells=False, km=km)
+    [pid] = _printed(tmp_path / "first.out.ipynb")
+    assert _printed(tmp_path / "second.out.ipynb")[0] != pid
