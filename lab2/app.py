@@ -65,14 +65,12 @@ class ChatModel:
             )
         return system + turns
 
-    def stream(self, messages: list[dict], temperature: float = 0.7, max_new_tokens: int = 256, min_p: float = 0.05,
-               ignore_eos: bool = False) -> Iterator[str]:
+    def stream(self, messages: list[dict], temperature: float = 0.7, max_new_tokens: int = 256, min_p: float = 0.05) -> Iterator[str]:
         """The reply, piece by piece as llama.cpp generates it."""
-        extra = {"logit_bias": {self.llm.token_eos(): -1e9}} if ignore_eos else {}  # for equal-work benchmarks only
         with self.lock:
             for chunk in self.llm.create_chat_completion(
                 messages=self.fit(messages, max_new_tokens), stream=True, temperature=temperature,
-                max_tokens=max_new_tokens, min_p=min_p, stop=STOP, **extra,
+                max_tokens=max_new_tokens, min_p=min_p, stop=STOP,
             ):
                 piece = chunk["choices"][0]["delta"].get("content")
                 if piece:
