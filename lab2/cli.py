@@ -6,6 +6,7 @@ Bad input ends in one line naming the file and the key, and exit status 2.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -167,3 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     except RunFailed as exc:  # the run failed, and metrics.json says so
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C: the kernel is already shut down; nothing finished is lost
+        # nbclient's cell task, orphaned by the interrupt, would otherwise print a DeadKernelError traceback at exit.
+        logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+        print("\ninterrupted: finished runs and saved checkpoints are kept; run the same command again to resume", file=sys.stderr)
+        return 130

@@ -157,3 +157,23 @@ def test_a_fresh_kernel_per_stage_on_request(tmp_path):
         sweep.run_notebook(second, tmp_path / "second.out.ipynb", {}, show_cells=False, km=km)
     [pid] = _printed(tmp_path / "first.out.ipynb")
     assert _printed(tmp_path / "second.out.ipynb")[0] != pid
+
+
+def test_ctrl_c_stops_the_sweep_in_one_line_and_leaves_no_kernel(params_tree, tmp_path):
+    sweep_dir = params_tree("sweep/baseline.yaml", {}).parent
+    proc = subprocess.Popen(  # SIGINT as a terminal's Ctrl-C sends it (a background job would ignore it)
+        [sys.executable, "-m", "lab2", "sweep", str(sweep_dir), "--out", str(tmp_path / "out")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    deadline, kernels = time.time() + 120, []
+    while time.time() < deadline and not kernels:
+        kernels = [c for c in psutil.Process(proc.pid).children(recursive=True) if "ipykernel" in " ".join(c.cmdline())]
+        time.sleep(0.2)
+    assert kernels, "no kernel started"
+    time.sleep(3)  # into the notebook
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert err.strip().splitlines()[-1].startswith("interrupted: finished runs and saved checkpoints are kept")
+    gone, alive = psutil.wait_procs(kernels, timeout=10)
+    assert not alive
