@@ -127,8 +127,10 @@ def test_sweep_end_to_end(params_tree, tmp_path, capsys, monkeypatch):
 
 def _pid_notebooks(tmp_path):
     first, second = tmp_path / "first.ipynb", tmp_path / "second.ipynb"
-    for path, code in ((first, "import os\nleft_over = [0] * 10\nprint(os.getpid())"),
-                       (second, "import os\nprint(os.getpid(), 'left_over' in globals())")):
+    # The second counts the tensors still alive of the first one's layer size: its weights, if not freed.
+    for path, code in ((first, "import os, torch\nleft_over = torch.nn.Linear(512, 512)\nprint(os.getpid())"),
+                       (second, "import gc, os, torch\nprint(os.getpid(), 'left_over' in globals(), "
+                                "sum(isinstance(o, torch.Tensor) and o.numel() == 512 * 512 for o in gc.get_objects()))")):
         nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code)]), path)
     return first, second
 
@@ -145,7 +147,7 @@ def test_stages_share_a_kernel_but_not_its_variables(tmp_path):
         sweep.run_notebook(second, tmp_path / "second.out.ipynb", {}, show_cells=False, km=km)
         clients = list(km.lab2_clients)
     [pid] = _printed(tmp_path / "first.out.ipynb")
-    assert _printed(tmp_path / "second.out.ipynb") == [pid, "False"]  # same process; the variable is gone
+    assert _printed(tmp_path / "second.out.ipynb") == [pid, "False", "0"]  # same process; variable and weights gone
     assert not psutil.pid_exists(int(pid)) or psutil.Process(int(pid)).status() == psutil.STATUS_ZOMBIE  # shut down
     assert len(clients) == 3 and not any(kc.channels_running for kc in clients)  # no channels left open
 
