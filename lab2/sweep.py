@@ -35,7 +35,8 @@ class Outcome:
     status: str  # complete | skipped | failed
     wall_seconds: float = 0.0  # notebooks run now (for a skipped experiment: when it ran)
     train_seconds: float | None = None
-    outside_training_seconds: float | None = None
+    eval_seconds: float | None = None  # evaluation compute, fine-tuned and base
+    fixed_seconds: float | None = None  # wall - training - evaluation: kernel, imports, loading, saving
     val_loss: float | None = None
     test_loss: float | None = None
     error: str | None = None
@@ -178,10 +179,25 @@ def run_experiment(
     if ran:
         timing = dict(metrics.get("timing", {}))
         timing.update({f"{stage}_notebook_seconds": seconds for stage, seconds in ran.items()})
+        fixed = sum(ran.values())
         if "train" in ran:
             timing["outside_training_seconds"] = ran["train"] - metrics["train"]["training_time_seconds"]
+            fixed -= metrics["train"]["training_time_seconds"]
+        if "evaluate" in ran:
+            fixed -= _eval_compute_seconds(metrics)
+        timing["fixed_seconds"] = fixed
         metrics = runs.update_metrics(exp_dir, timing=timing)
-    return _outcome_from_metrics(name, "complete" if ran else "skipped", metrics, sum(ran.values()))
+    if not ran:  # skipped: report the notebooks' times from when it ran
+        timing = metrics.get("timing", {})
+        return _outcome_from_metrics(name, "skipped", metrics, sum(timing.get(f"{stage}_notebook_seconds", 0.0) for stage, _ in STAGES))
+    return _outcome_from_metrics(name, "complete", metrics, sum(ran.values()))
+
+
+def _eval_compute_seconds(metrics: dict) -> float | None:
+    evaluation = metrics.get("eval") or {}
+    if "eval_seconds" not in evaluation:
+        return None
+    return evaluation["eval_seconds"] + evaluation.get("base", {}).get("eval_seconds", 0.0)
 
 
 def _outcome_from_metrics(name: str, status: str, metrics: dict, wall: float) -> Outcome:
@@ -189,7 +205,8 @@ def _outcome_from_metrics(name: str, status: str, metrics: dict, wall: float) ->
     return Outcome(
         name, status, wall,
         train_seconds=train["training_time_seconds"],
-        outside_training_seconds=metrics.get("timing", {}).get("outside_training_seconds"),
+        eval_seconds=_eval_compute_seconds(metrics),
+        fixed_seconds=metrics.get("timing", {}).get("fixed_seconds"),
         val_loss=evaluation.get("val_loss", train["final_eval_loss"]),
         test_loss=evaluation.get("test_loss"),
     )
@@ -201,13 +218,13 @@ def _fmt(value: float | None, spec: str = ".1f") -> str:
 
 def summary_table(outcomes: list[Outcome]) -> str:
     header = (
-        f"{'experiment':<28} {'status':<9} {'wall s':>8} {'train s':>8} {'other s':>8} {'val loss':>9} {'test loss':>9}"
+        f"{'experiment':<28} {'status':<9} {'wall s':>8} {'train s':>8} {'eval s':>8} {'fixed s':>8} {'val loss':>9} {'test loss':>9}"
     )
     lines = [header, "-" * len(header)]
     for o in outcomes:
         lines.append(
             f"{o.name:<28} {o.status:<9} {_fmt(o.wall_seconds):>8} {_fmt(o.train_seconds):>8} "
-            f"{_fmt(o.outside_training_seconds):>8} {_fmt(o.val_loss, '.4f'):>9} {_fmt(o.test_loss, '.4f'):>9}"
+            f"{_fmt(o.eval_seconds):>8} {_fmt(o.fixed_seconds):>8} {_fmt(o.val_loss, '.4f'):>9} {_fmt(o.test_loss, '.4f'):>9}"
         )
         if o.error:
             lines.append(f"    {o.error}")

@@ -12,6 +12,7 @@ import time
 
 import nbformat
 import psutil
+import pytest
 
 from lab2 import cli, runs, sweep
 
@@ -75,6 +76,11 @@ def test_sweep_end_to_end(params_tree, tmp_path, capsys, monkeypatch):
         timing = metrics["timing"]
         assert timing["train_notebook_seconds"] > metrics["train"]["training_time_seconds"] > 0
         assert timing["outside_training_seconds"] > 0 and timing["evaluate_notebook_seconds"] > 0
+        eval_compute = metrics["eval"]["eval_seconds"] + metrics["eval"]["base"]["eval_seconds"]
+        assert timing["fixed_seconds"] == pytest.approx(
+            timing["train_notebook_seconds"] + timing["evaluate_notebook_seconds"]
+            - metrics["train"]["training_time_seconds"] - eval_compute)
+        assert 0 < timing["fixed_seconds"] < timing["outside_training_seconds"] + timing["evaluate_notebook_seconds"]
         evaluation = metrics["eval"]
         for section in (evaluation, evaluation["base"]):
             assert {"val_loss", "test_loss", "perplexity", "bleu", "rouge_l", "samples"} <= set(section)
