@@ -46,13 +46,15 @@ def engine_speeds(llm) -> dict:
             "generated_tokens": perf.n_eval, "generation_tokens_per_second": 1e3 * perf.n_eval / perf.t_eval_ms}
 
 
-def timed_stream(pieces, llm) -> dict:
-    """Time to first piece, then generation tokens/s over the rest of the reply."""
+def timed_stream(pieces, llm, cumulative: bool) -> dict:
+    """Time to first piece, then generation tokens/s over the rest of the reply.
+
+    `cumulative`: each piece is the reply so far (Gradio), not the next bit of it (llama.cpp)."""
     start, first, text = time.perf_counter(), None, ""
     for piece in pieces:
         if piece and first is None:
             first = time.perf_counter()
-        text = piece if piece.startswith(text) and len(piece) >= len(text) else text + piece
+        text = piece if cumulative else text + piece
     end = time.perf_counter()
     tokens = count_tokens(llm, text)
     return {"first_token_seconds": first - start, "reply_tokens": tokens,
@@ -68,7 +70,7 @@ def raw_run(llm, max_tokens: int) -> dict:
         messages=[{"role": "system", "content": SYSTEM}, {"role": "user", "content": PROMPT}],
         stream=True, temperature=0.0, max_tokens=max_tokens, min_p=0.05, stop=["<|eot_id|>"],
     )
-    result = timed_stream((c["choices"][0]["delta"].get("content") or "" for c in chunks), llm)
+    result = timed_stream((c["choices"][0]["delta"].get("content") or "" for c in chunks), llm, cumulative=False)
     return result | engine_speeds(llm)
 
 
@@ -78,7 +80,7 @@ def app_run(url: str, llm, max_tokens: int) -> dict:
     client = Client(url, verbose=False)
     llm.reset()
     job = client.submit(PROMPT, SYSTEM, 0.0, max_tokens, 0.05, api_name="/chat")
-    return timed_stream((str(partial) for partial in job), llm)  # each partial is the reply so far
+    return timed_stream((str(partial) for partial in job), llm, cumulative=True)
 
 
 def median(runs: list[dict], key: str) -> float:

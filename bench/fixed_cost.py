@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from lab2 import runs
-from lab2.sweep import run_experiment
+from lab2.sweep import eval_compute_seconds, run_experiment
 
 REPORTS_ANCHOR = {"wall_seconds": 462.4, "training_seconds": 156, "outside_seconds": 306}  # a 60-step run in shared/seeds
 
@@ -36,7 +36,7 @@ def measure(params: Path, shared_kernel: bool) -> dict:
             raise SystemExit(f"the experiment did not complete: {outcome.error}")
         m = runs.read_metrics(Path(tmp) / outcome.name)
     timing, train, evaluation = m["timing"], m["train"], m["eval"]
-    eval_compute = evaluation["eval_seconds"] + evaluation.get("base", {}).get("eval_seconds", 0.0)
+    eval_compute = eval_compute_seconds(m)
     return {
         "experiment": outcome.name,
         "wall_seconds": wall,

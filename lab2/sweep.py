@@ -176,24 +176,24 @@ def run_experiment(
     except Exception as exc:  # noqa: BLE001 - one experiment must not sink the sweep
         return Outcome(name, "failed", time.perf_counter() - start, error=_one_line_error(exc))
     metrics = runs.read_metrics(exp_dir)
-    if ran:
-        timing = dict(metrics.get("timing", {}))
-        timing.update({f"{stage}_notebook_seconds": seconds for stage, seconds in ran.items()})
-        fixed = sum(ran.values())
-        if "train" in ran:
-            timing["outside_training_seconds"] = ran["train"] - metrics["train"]["training_time_seconds"]
-            fixed -= metrics["train"]["training_time_seconds"]
-        if "evaluate" in ran:
-            fixed -= _eval_compute_seconds(metrics)
-        timing["fixed_seconds"] = fixed
-        metrics = runs.update_metrics(exp_dir, timing=timing)
     if not ran:  # skipped: report the notebooks' times from when it ran
         timing = metrics.get("timing", {})
         return _outcome_from_metrics(name, "skipped", metrics, sum(timing.get(f"{stage}_notebook_seconds", 0.0) for stage, _ in STAGES))
+    timing = dict(metrics.get("timing", {}))
+    timing.update({f"{stage}_notebook_seconds": seconds for stage, seconds in ran.items()})
+    fixed = sum(ran.values())
+    if "train" in ran:
+        timing["outside_training_seconds"] = ran["train"] - metrics["train"]["training_time_seconds"]
+        fixed -= metrics["train"]["training_time_seconds"]
+    if "evaluate" in ran:
+        fixed -= eval_compute_seconds(metrics)
+    timing["fixed_seconds"] = fixed
+    metrics = runs.update_metrics(exp_dir, timing=timing)
     return _outcome_from_metrics(name, "complete", metrics, sum(ran.values()))
 
 
-def _eval_compute_seconds(metrics: dict) -> float | None:
+def eval_compute_seconds(metrics: dict) -> float | None:
+    """Evaluation compute of a metrics.json, fine-tuned plus base model; None before evaluation."""
     evaluation = metrics.get("eval") or {}
     if "eval_seconds" not in evaluation:
         return None
@@ -205,7 +205,7 @@ def _outcome_from_metrics(name: str, status: str, metrics: dict, wall: float) ->
     return Outcome(
         name, status, wall,
         train_seconds=train["training_time_seconds"],
-        eval_seconds=_eval_compute_seconds(metrics),
+        eval_seconds=eval_compute_seconds(metrics),
         fixed_seconds=metrics.get("timing", {}).get("fixed_seconds"),
         val_loss=evaluation.get("val_loss", train["final_eval_loss"]),
         test_loss=evaluation.get("test_loss"),
