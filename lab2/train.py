@@ -5,10 +5,15 @@
   a checkpoint every save_steps, resuming from the newest checkpoint if one is
   there) -> the adapter is saved -> metrics.json says "complete" with the
   history, times, throughput and peak memory. A finished run is not trained again.
+
+transformers and TRL are imported inside the functions, never at module import: on the Unsloth
+backend they must come after `unsloth` (see lab2/backend.py), and the trainer subclasses whatever
+`trl.SFTTrainer` is when a run starts, which is Unsloth's `UnslothSFTTrainer` once it is imported.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import shutil
@@ -18,10 +23,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-from transformers import Trainer, TrainerCallback
-from trl import SFTConfig, SFTTrainer
 
-from lab2 import data, modeling, runs
+from lab2 import backend, data, modeling, runs
 from lab2.config import ExperimentConfig
 from lab2.data import IGNORE_INDEX, Splits
 
@@ -67,52 +70,74 @@ def restore_from_hub(repo_id: str, checkpoint_dir: Path) -> Path | None:
 # --------------------------------------------------------------------------- trainer
 
 
-class StopOnNonFiniteLoss(TrainerCallback):
-    def __init__(self) -> None:
-        self.bad_step: int | None = None
+def non_finite_loss_guard():
+    """A callback that stops training at the first non-finite logged loss, without checkpointing it."""
+    from transformers import TrainerCallback
 
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        loss = (logs or {}).get("loss")
-        if loss is not None and not math.isfinite(loss):
-            self.bad_step = state.global_step
-            control.should_training_stop = True
-            control.should_save = False  # never checkpoint broken weights
+    class StopOnNonFiniteLoss(TrainerCallback):
+        def __init__(self) -> None:
+            self.bad_step: int | None = None
 
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            loss = (logs or {}).get("loss")
+            if loss is not None and not math.isfinite(loss):
+                self.bad_step = state.global_step
+                control.should_training_stop = True
+                control.should_save = False  # never checkpoint broken weights
 
-class MeasuredSFTTrainer(SFTTrainer):
-    """SFTTrainer that counts the tokens it trains on and the time spent evaluating."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.tokens_seen = 0  # non-padding tokens
-        self.positions = 0  # token positions computed, padding included
-        self.trained_tokens = 0  # tokens that carry loss (assistant replies)
-        self.eval_seconds = 0.0
-
-    def training_step(self, model, inputs, num_items_in_batch=None):
-        mask = inputs.get("attention_mask")
-        self.tokens_seen += int(mask.sum()) if mask is not None else inputs["input_ids"].numel()
-        self.positions += inputs["input_ids"].numel()
-        self.trained_tokens += int((inputs["labels"] != IGNORE_INDEX).sum())
-        return super().training_step(model, inputs, num_items_in_batch)
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if torch.cuda.is_available():  # TRL's fused LM head: no (batch x length x vocab) logits in GPU memory
-            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        # On CPU that tiled head costs about twice the plain forward (bench/results); the model's
-        # own loss is the same quantity (summed token NLL / num_items_in_batch), minus TRL's extra metrics.
-        # No KV cache: with one, transformers stops reading packed position_ids as separate sequences.
-        return Trainer.compute_loss(self, model, {**inputs, "use_cache": False}, return_outputs, num_items_in_batch)
-
-    def evaluate(self, *args, **kwargs):
-        start = time.perf_counter()
-        try:
-            return super().evaluate(*args, **kwargs)
-        finally:
-            self.eval_seconds += time.perf_counter() - start
+    return StopOnNonFiniteLoss()
 
 
-def sft_config(cfg: ExperimentConfig, checkpoint_dir: Path, dtype: torch.dtype) -> SFTConfig:
+def measured_trainer_class():
+    """lab2's trainer over the `trl.SFTTrainer` of this moment (Unsloth's, once unsloth is imported)."""
+    import trl
+
+    return _measured_subclass(trl.SFTTrainer)
+
+
+@functools.cache
+def _measured_subclass(sft_trainer: type) -> type:
+    from transformers import Trainer
+
+    class MeasuredSFTTrainer(sft_trainer):
+        """SFTTrainer that counts the tokens it trains on and the time spent evaluating."""
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.tokens_seen = 0  # non-padding tokens
+            self.positions = 0  # token positions computed, padding included
+            self.trained_tokens = 0  # tokens that carry loss (assistant replies)
+            self.eval_seconds = 0.0
+
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            mask = inputs.get("attention_mask")
+            self.tokens_seen += int(mask.sum()) if mask is not None else inputs["input_ids"].numel()
+            self.positions += inputs["input_ids"].numel()
+            self.trained_tokens += int((inputs["labels"] != IGNORE_INDEX).sum())
+            return super().training_step(model, inputs, num_items_in_batch)
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if torch.cuda.is_available():  # TRL's (or Unsloth's) fused loss: no (batch x length x vocab) logits
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            # On CPU that tiled head costs about twice the plain forward (bench/results); the model's
+            # own loss is the same quantity (summed token NLL / num_items_in_batch), minus TRL's extra metrics.
+            # No KV cache: with one, transformers stops reading packed position_ids as separate sequences.
+            return Trainer.compute_loss(self, model, {**inputs, "use_cache": False}, return_outputs, num_items_in_batch)
+
+        def evaluate(self, *args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return super().evaluate(*args, **kwargs)
+            finally:
+                self.eval_seconds += time.perf_counter() - start
+
+    MeasuredSFTTrainer.__qualname__ = "MeasuredSFTTrainer"
+    return MeasuredSFTTrainer
+
+
+def sft_config(cfg: ExperimentConfig, checkpoint_dir: Path, dtype: torch.dtype):
+    from trl import SFTConfig
+
     t = cfg.train
     on_cuda = torch.cuda.is_available()
     return SFTConfig(
@@ -125,7 +150,7 @@ def sft_config(cfg: ExperimentConfig, checkpoint_dir: Path, dtype: torch.dtype) 
         per_device_train_batch_size=t.batch_size,
         per_device_eval_batch_size=t.batch_size,
         gradient_accumulation_steps=t.gradient_accumulation_steps,
-        activation_checkpointing=t.gradient_checkpointing,  # transformers 5 name of gradient checkpointing
+        gradient_checkpointing=t.gradient_checkpointing,
         optim=t.optimizer,
         weight_decay=t.weight_decay,
         seed=t.seed,
@@ -199,10 +224,10 @@ def train_experiment(cfg: ExperimentConfig, model, tokenizer, splits: Splits, ex
     }
     runs.write_json_atomic(exp_dir / runs.METRICS_FILE, record)
 
-    nan_guard = StopOnNonFiniteLoss()
-    trainer = MeasuredSFTTrainer(
+    nan_guard = non_finite_loss_guard()
+    trainer = measured_trainer_class()(
         model=model,
-        args=sft_config(cfg, checkpoint_dir, next(model.parameters()).dtype),
+        args=sft_config(cfg, checkpoint_dir, backend.resolve_dtype(cfg.model.dtype)),  # fp16 on a T4
         train_dataset=splits.train,
         eval_dataset=splits.validation,
         processing_class=tokenizer,
@@ -257,6 +282,7 @@ def train_experiment(cfg: ExperimentConfig, model, tokenizer, splits: Splits, ex
 
 def run(cfg: ExperimentConfig, output_root: str | Path) -> dict:
     """What notebooks/train.ipynb does, in one call: for `python -m lab2 train` and tests."""
+    backend.import_backend(cfg.model)  # Unsloth, when it is the backend, before transformers/trl/peft
     tokenizer = modeling.load_tokenizer(cfg.model.name, cfg.data.chat_template)
     splits = data.build_splits(cfg.data, tokenizer, cfg.model.max_seq_length)
     model = modeling.load_trainable_model(cfg)

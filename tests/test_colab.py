@@ -7,7 +7,7 @@ import nbformat
 import pytest
 import torch
 
-from lab2 import modeling, runs
+from lab2 import backend, install, modeling, runs
 from lab2.config import ExperimentConfig, experiment_files, load_config
 from tests.conftest import REPO
 
@@ -20,7 +20,7 @@ def test_lab2_notebook_runs_top_to_bottom_on_cpu(params_tree, tmp_path):
     executed = tmp_path / "lab2.ipynb"
     run_notebook(REPO / "notebooks" / "lab2.ipynb", executed, {
         "params_path": str(params), "output_root": str(out), "use_drive": False,
-        "export_formats": ["f16", "q8_0"], "launch_chat": False,
+        "export_formats": ["f16", "q8_0"], "launch_chat": False, "install_packages": False,
     }, show_cells=False)
     nbformat.validate(nbformat.read(REPO / "notebooks" / "lab2.ipynb", as_version=4))
     metrics = runs.read_metrics(out / "tiny")
@@ -49,38 +49,13 @@ def test_grid_holds_the_reports_values():
 
 def test_backend_choice(monkeypatch):
     section = ExperimentConfig(experiment="b").model
-    assert modeling.resolve_backend(section) == "hf"  # this CPU machine
+    assert backend.resolve_backend(section) == "hf"  # this CPU machine
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(modeling.importlib.util, "find_spec", lambda name: object() if name == "unsloth" else None)
-    assert modeling.resolve_backend(section) == "unsloth"
-    assert modeling.resolve_backend(ExperimentConfig(experiment="b", model={"backend": "hf"}).model) == "hf"
-    monkeypatch.setattr(modeling.importlib.util, "find_spec", lambda name: None)
-    assert modeling.resolve_backend(section) == "hf"  # CUDA without unsloth installed
-
-
-def test_unsloth_backend_calls(monkeypatch):
-    calls = {}
-
-    class FastLanguageModel:  # stands in for unsloth's, recording how lab2 calls it
-        @staticmethod
-        def from_pretrained(**kwargs):
-            calls["from_pretrained"] = kwargs
-            return "model", "tokenizer"
-
-        @staticmethod
-        def get_peft_model(model, **kwargs):
-            calls["get_peft_model"] = (model, kwargs)
-            return "peft-model"
-
-    monkeypatch.setitem(sys.modules, "unsloth", types.SimpleNamespace(FastLanguageModel=FastLanguageModel))
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    cfg = ExperimentConfig(experiment="u", model={"backend": "unsloth", "load_in_4bit": True, "max_seq_length": 2048},
-                           lora={"r": 32, "alpha": 32}, train={"seed": 7})
-    assert modeling.load_trainable_model(cfg) == "peft-model"
-    assert calls["from_pretrained"]["load_in_4bit"] is True and calls["from_pretrained"]["max_seq_length"] == 2048
-    model, kwargs = calls["get_peft_model"]
-    assert model == "model" and kwargs["use_gradient_checkpointing"] == "unsloth"
-    assert (kwargs["r"], kwargs["lora_alpha"], kwargs["random_state"]) == (32, 32, 7)
+    monkeypatch.setattr(backend.importlib.util, "find_spec", lambda name: object() if name == "unsloth" else None)
+    assert backend.resolve_backend(section) == "unsloth"
+    assert backend.resolve_backend(ExperimentConfig(experiment="b", model={"backend": "hf"}).model) == "hf"
+    monkeypatch.setattr(backend.importlib.util, "find_spec", lambda name: None)
+    assert backend.resolve_backend(section) == "hf"  # CUDA without unsloth installed
 
 
 def test_unsloth_without_a_gpu_is_refused_clearly():
@@ -88,3 +63,48 @@ def test_unsloth_without_a_gpu_is_refused_clearly():
     with pytest.raises(ValueError, match="unsloth needs an NVIDIA GPU"):
         modeling.load_trainable_model(cfg)
     assert "unsloth" not in sys.modules  # the CPU path never imports it
+
+
+def test_placeholder_repo_url_stops_in_one_clear_line(tmp_path):
+    import papermill
+
+    with pytest.raises(papermill.PapermillExecutionError) as failed:
+        papermill.execute_notebook(str(REPO / "notebooks" / "lab2.ipynb"), str(tmp_path / "lab2.ipynb"), parameters={
+            "install_packages": True, "lab2_dir": str(tmp_path / "not-cloned-yet"),
+        }, kernel_name="python3", progress_bar=False)
+    assert "lab2_repo_url still says OWNER: set it to your copy of lab2" in str(failed.value)
+    assert not (tmp_path / "not-cloned-yet").exists()  # nothing was cloned or installed
+
+
+def test_install_holds_the_installed_torch(tmp_path):
+    constraints = install.constraints_for_this_machine(REPO, sys.executable)
+    pins = install.pinned_versions(constraints)
+    assert pins["torch"] == torch.__version__.split("+")[0] or pins["torch"] == torch.__version__
+    assert sum(install.requirement_name(line) == "torch" for line in constraints.read_text().splitlines()) == 1
+    assert pins["transformers"] == install.pinned_versions(REPO / "constraints.txt")["transformers"]
+
+
+def test_a_failed_stage_says_what_to_do_and_keeps_results(monkeypatch, tmp_path, capsys):
+    results = tmp_path / "outputs" / "exp" / "metrics.json"
+    results.parent.mkdir(parents=True)
+    results.write_text('{"status": "complete"}')
+    monkeypatch.setattr(install.subprocess, "run", lambda *a, **k: types.SimpleNamespace(returncode=1, stdout="", stderr=""))
+    assert install.install_stage("export", REPO) is False
+    out = capsys.readouterr().out
+    assert "llama-cpp-python compiles from source" in out and "the export stage failed" in out and "intact" in out
+    assert results.read_text() == '{"status": "complete"}'
+
+
+def test_stages_split_training_from_the_compile():
+    import tomllib
+
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    core = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert "llama-cpp-python" not in core and "llama-cpp-python" in extras["export"]
+    assert install.STAGES["training"]["extras"] == [] and "export" in install.STAGES["export"]["extras"]
+
+
+def test_spaces_requirements_follow_the_pin_set():
+    pins = install.pinned_versions(REPO / "constraints.txt")
+    spaces = install.pinned_versions(REPO / "spaces" / "requirements.txt")
+    assert spaces and {name: pins.get(name) for name in spaces} == spaces
