@@ -96,11 +96,18 @@ def test_sweep_end_to_end(params_tree, tmp_path, capsys, monkeypatch):
     assert first["config"]["train"]["learning_rate"] == 5e-3
     assert runs.read_metrics(out / "baseline")["config_hash"] != first["config_hash"]
 
-    # 2. Nothing changed: everything complete is skipped within seconds.
-    start = time.perf_counter()
+    # 2. Nothing changed: everything complete is skipped without starting a notebook (so no kernel);
+    # only the failed z_junk is tried again. (Timings belong in make bench, not in a test.)
+    from lab2 import sweep as sweep_module
+
+    executed = []
+    real_run_notebook = sweep_module.run_notebook
+    monkeypatch.setattr(sweep_module, "run_notebook",
+                        lambda notebook, output, *a, **k: executed.append(output.parent.name) or real_run_notebook(notebook, output, *a, **k))
     cli.main(["sweep", sweep, "--out", str(out)])
-    assert time.perf_counter() - start < 10
+    assert executed == ["z_junk"]
     assert "0 run, 2 skipped, 2 failed" in capsys.readouterr().out
+    monkeypatch.setattr(sweep_module, "run_notebook", real_run_notebook)
 
     # 3. Changed params are run again; a failed experiment is retried and its failed notebook kept.
     params_tree("sweep/lr_high.yaml", {"train": {"learning_rate": 4e-3}})
