@@ -68,9 +68,11 @@ def write_standin_package(folder: Path, record_file: Path) -> Path:
     package = folder / "unsloth"
     package.mkdir(parents=True)
     (package / "__init__.py").write_text(textwrap.dedent(f'''
-        import json, sys
+        import json, os, sys
         with open({str(record_file)!r}, "w") as f:
             json.dump({{name: name in sys.modules for name in {PATCHED!r}}}, f)
+        if os.environ.get("LAB2_STANDIN_STOP"):  # the order is recorded: no need to run on
+            raise ImportError("stand-in unsloth: import order recorded, stopping here")
 
         import trl
 
