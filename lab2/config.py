@@ -1,5 +1,8 @@
 """Params YAML files -> one validated experiment config.
 
+The defaults are the fields below; params/base.yaml spells every one of them out with the same
+value (tests/test_config.py holds the two together), so a reader sees them without reading code.
+
 An experiment file inherits from every `base.yaml` between it and the nearest
 folder named `params` (outermost first), merged deeply; the experiment file wins.
 So `params/demo/exp_lr.yaml` = `params/base.yaml` <- `params/demo/base.yaml` <- itself.
@@ -44,7 +47,7 @@ class _Section(BaseModel):
 class ModelSection(_Section):
     name: str = Field("unsloth/Llama-3.2-1B-Instruct", description="hub id or local folder")
     max_seq_length: PositiveInt = 2048
-    load_in_4bit: bool = False
+    load_in_4bit: bool = True  # QLoRA on a GPU (a T4 needs it for the 3B); ignored with a warning on CPU
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     # "auto": Unsloth when CUDA and the unsloth package are both there, else transformers + peft.
     backend: Literal["auto", "hf", "unsloth"] = "auto"
@@ -282,18 +285,49 @@ def _describe(error: dict, layers: list[tuple[Path, dict]]) -> str:
 
 
 LOCAL_DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
+BUNDLED_TEMPLATES = {"llama-3.1": "llama-3.1.jinja"}  # files in lab2/chat_templates/
+# lab2's own folders: a name under one of them is a path even before the folder exists.
+PROJECT_FOLDERS = ("models", "data", "outputs", "params")
 
 
 def looks_like_local_path(source: str) -> bool:
-    """A hub id is `owner/name`; anything else path-like is a local file or folder."""
-    return source.startswith((".", "/", "~")) or Path(source).suffix in LOCAL_DATA_SUFFIXES or source.count("/") > 1
+    """A path, as a user means it: starting with '.', '/' or '~', ending in a data-file suffix, with
+    more than one '/', or whose first segment is a folder here (or one of lab2's own). Anything else,
+    `owner/name` or a bare `name`, is a hub id."""
+    first = source.split("/", 1)[0]
+    return (source.startswith((".", "/", "~")) or Path(source).suffix in LOCAL_DATA_SUFFIXES + (".jinja",)
+            or source.count("/") > 1 or first in PROJECT_FOLDERS or ("/" in source and Path(first).expanduser().is_dir()))
 
 
-def check_local_paths(cfg: ExperimentConfig, origin: Path) -> None:
-    """Fail before any kernel starts when a local model or data path is missing."""
-    for key, value in (("model.name", cfg.model.name), ("data.source", cfg.data.source)):
-        if looks_like_local_path(value) and not Path(value).expanduser().exists():
-            raise ConfigError(f"{origin}: {key}: {value}: no such file or folder (relative to {Path.cwd()})")
+def _local_path_problem(key: str, value: str) -> str | None:
+    """Why a value that names something on disk cannot be used, or None."""
+    if key == "data.chat_template":
+        if value == "model" or value in BUNDLED_TEMPLATES:
+            return None
+        if Path(value).suffix != ".jinja":
+            return f"unknown template {value!r}; use 'model', one of {sorted(BUNDLED_TEMPLATES)} or a .jinja file"
+    elif not looks_like_local_path(value):
+        return None  # a hub id: checked when it is downloaded
+    path = Path(value).expanduser()
+    if not path.exists():
+        hint = "; `make setup` builds models/tiny-llama" if key == "model.name" and path.parts[:1] == ("models",) else ""
+        return f"{value}: no such file or folder (relative to {Path.cwd()}){hint}"
+    if key == "model.name" and not (path / "config.json").is_file():
+        return f"{value}: not a model folder (no config.json in it)"
+    if key == "data.source" and path.is_file() and path.suffix not in LOCAL_DATA_SUFFIXES:
+        return f"{value}: unsupported data file; use {', '.join(LOCAL_DATA_SUFFIXES)} or a dataset folder"
+    return None
+
+
+def check_local_paths(cfg: ExperimentConfig, layers: list[tuple[Path, dict]]) -> None:
+    """Every value that names a model, data or template on disk must be there, before any kernel starts.
+    The error names the file that set the key."""
+    for section, field in (("model", "name"), ("data", "source"), ("data", "chat_template")):
+        key, value = f"{section}.{field}", getattr(getattr(cfg, section), field)
+        problem = _local_path_problem(key, value)
+        if problem:
+            owner = next((path for path, data in reversed(layers) if _has_key(data, (section, field))), layers[-1][0])
+            raise ConfigError(f"{owner}: {key}: {problem}")
 
 
 def load_config(path: str | Path, overrides: dict | None = None) -> ExperimentConfig:
@@ -311,7 +345,7 @@ def load_config(path: str | Path, overrides: dict | None = None) -> ExperimentCo
     except ValidationError as exc:
         problems = [_describe(err, layers) for err in exc.errors()]
         raise ConfigError("; ".join(problems)) from None
-    check_local_paths(cfg, path)
+    check_local_paths(cfg, layers)
     return cfg
 
 

@@ -29,6 +29,13 @@ def _pad(rows: list[list[int]], value: int, side: str = "right") -> torch.Tensor
     return torch.tensor(padded, dtype=torch.long)
 
 
+def summed_nll(logits: torch.Tensor, targets: torch.Tensor) -> tuple[float, int]:
+    """Summed negative log-likelihood of `targets` under `logits` (N x vocab), and how many were
+    scored; IGNORE_INDEX targets are skipped. The one NLL of lab2: HF evaluation and GGUF checks."""
+    nll = F.cross_entropy(logits.float(), targets, ignore_index=IGNORE_INDEX, reduction="sum")
+    return nll.item(), int((targets != IGNORE_INDEX).sum())
+
+
 def _backbone_and_head(model):
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return base.get_decoder(), base.get_output_embeddings()
@@ -55,9 +62,9 @@ def response_loss(model, dataset, pad_token_id: int, batch_size: int = 8) -> dic
         keep = targets != IGNORE_INDEX
         selected, wanted = hidden[:, :-1][keep], targets[keep]
         for i in range(0, len(wanted), HEAD_CHUNK):
-            logits = head(selected[i : i + HEAD_CHUNK]).float()
-            total_nll += F.cross_entropy(logits, wanted[i : i + HEAD_CHUNK], reduction="sum").item()
-        total_tokens += int(keep.sum())
+            nll, count = summed_nll(head(selected[i : i + HEAD_CHUNK]), wanted[i : i + HEAD_CHUNK])
+            total_nll += nll
+            total_tokens += count
     return {"loss": total_nll / max(total_tokens, 1), "tokens": total_tokens}
 
 
@@ -166,8 +173,7 @@ def evaluate_experiment(model, tokenizer, splits, cfg) -> dict:
     """The `eval` section of metrics.json: the fine-tuned model, and the base under `base`."""
     from lab2 import runs
 
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
+    runs.reset_peak_memory()  # evaluation's own peak, not training's from the same kernel
     results = evaluate_model(model, tokenizer, splits, cfg.eval)
     if cfg.eval.compare_base:
         with model.disable_adapter():

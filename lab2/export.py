@@ -24,7 +24,6 @@ import numpy as np
 
 from lab2 import runs
 from lab2.config import ConfigError, ExperimentConfig
-from lab2.data import IGNORE_INDEX
 
 QUANT_TYPES = {"q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M", "q5_k_m": "LLAMA_FTYPE_MOSTLY_Q5_K_M"}
 FORMATS = ("f16", *QUANT_TYPES)
@@ -169,20 +168,18 @@ def chat_template_matches(llm, tokenizer, messages: list[dict]) -> bool:
 
 def gguf_response_loss(llm, dataset) -> float:
     """Mean NLL of the assistant tokens, from llama.cpp's logits over the same token ids."""
+    import torch
+
+    from lab2.evaluate import summed_nll
+
     total, count = 0.0, 0
     for row in dataset:
         ids, labels = row["input_ids"], row["labels"]
         llm.reset()
         llm.eval(ids)
-        logits = np.asarray(llm.scores[: len(ids)], dtype=np.float64)
-        for t in range(len(ids) - 1):
-            if labels[t + 1] == IGNORE_INDEX:
-                continue
-            row_logits = logits[t]
-            top = row_logits.max()
-            log_z = top + math.log(np.exp(row_logits - top).sum())
-            total += log_z - row_logits[ids[t + 1]]
-            count += 1
+        logits = torch.from_numpy(np.asarray(llm.scores[: len(ids) - 1], dtype=np.float32))
+        nll, scored = summed_nll(logits, torch.tensor(labels[1:]))  # position t predicts token t + 1
+        total, count = total + nll, count + scored
     return total / max(count, 1)
 
 

@@ -14,10 +14,9 @@ from pathlib import Path
 import torch
 
 from lab2.backend import resolve_backend, resolve_dtype
-from lab2.config import ConfigError, ExperimentConfig, ModelSection
+from lab2.config import BUNDLED_TEMPLATES, ConfigError, ExperimentConfig, ModelSection
 
 PAD_TOKEN = "<|finetune_right_pad_id|>"  # Llama 3 reserves it; padding with eos would mask real eos labels
-BUNDLED_TEMPLATES = {"llama-3.1": "llama-3.1.jinja"}
 
 
 def resolve_chat_template(name: str) -> str | None:

@@ -72,15 +72,36 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
+def reset_peak_memory() -> None:
+    """Start measuring a new peak: CUDA's counters on a GPU, else this process's VmHWM (Linux resets
+    it when "5" is written to /proc/self/clear_refs). Without it, a stage that shares its kernel with
+    training would report training's peak as its own."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+        return
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass  # not Linux: the peak stays the process's since start
+
+
 def peak_memory_mb() -> float:
-    """CUDA peak allocation on a GPU, else this process's peak resident set size."""
+    """CUDA peak allocation on a GPU, else this process's peak resident set size since the last reset."""
     import resource
+    import sys
 
     import torch
 
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    try:
+        status = Path("/proc/self/status").read_text()
+        return int(status.split("VmHWM:", 1)[1].split()[0]) / 1024  # kB
+    except (OSError, IndexError, ValueError):
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
 
 
 def environment_info() -> dict:

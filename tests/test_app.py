@@ -93,6 +93,8 @@ def test_browser_types_a_message_and_sees_the_streamed_reply(served, tmp_path):
         page.screenshot(path=str(tmp_path / "chat.png"), full_page=True)
         browser.close()
     assert lengths[-1] > 0, "no reply appeared"
+    shown = [n for n in lengths if n > 0]
+    assert len(set(shown)) > 1 and shown == sorted(shown), f"the reply did not grow in pieces: {shown}"
     assert (tmp_path / "chat.png").stat().st_size > 10_000
     print(f"reply lengths seen while streaming: {sorted(set(lengths))[:12]}; screenshot {tmp_path / 'chat.png'}")
 
@@ -102,8 +104,9 @@ def test_twenty_concurrent_chats_are_all_answered(served):
 
     client = Client(served, verbose=False)
     job = client.submit("Hello!", "Be brief.", 0.7, 48, 0.05, api_name="/chat")
-    partials = list(job)  # a streamed reply arrives in pieces
-    assert len({str(x) for x in partials}) > 1 and job.outputs()[-1]
+    partials = [str(x) for x in job]  # a streamed reply arrives in pieces, each extending the last
+    assert len(set(partials)) > 1 and job.outputs()[-1]
+    assert all(later.startswith(earlier) for earlier, later in zip(partials, partials[1:])), partials
 
     def ask(i):
         start = time.perf_counter()

@@ -1,9 +1,11 @@
+import os
 import subprocess
 import sys
 
 import pytest
 
 from lab2.config import ConfigError, base_chain, deep_merge, experiment_files, load_config
+from tests.conftest import REPO
 
 
 def test_defaults_alone_are_a_valid_config():
@@ -112,3 +114,79 @@ def test_shards_split_a_sweep_without_overlap():
     assert select_shard(plan, None) == plan
     with pytest.raises(ConfigError, match="SHARD=4/3: expected K/N"):
         select_shard(plan, "4/3")
+
+
+@pytest.mark.parametrize(
+    "setting, expected",
+    [
+        ({"model": {"name": "models/not-built-yet"}}, "model.name: models/not-built-yet: no such file or folder"),
+        ({"model": {"name": "./weights/x"}}, "model.name: ./weights/x: no such file or folder"),
+        ({"data": {"source": "data/missing.jsonl"}}, "data.source: data/missing.jsonl: no such file or folder"),
+        ({"data": {"source": "conversations.jsonl"}}, "data.source: conversations.jsonl: no such file or folder"),
+        ({"data": {"chat_template": "llama3"}}, "data.chat_template: unknown template 'llama3'; use 'model', one of ['llama-3.1']"),
+        ({"data": {"chat_template": "templates/mine.jinja"}}, "data.chat_template: templates/mine.jinja: no such file or folder"),
+    ],
+)
+def test_every_name_on_disk_is_resolved_at_validate_time(params_tree, setting, expected, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # relative paths are read from here, where none of these exist
+    path = params_tree("s/exp.yaml", setting)
+    result = subprocess.run([sys.executable, "-m", "lab2", "validate", str(path)], capture_output=True, text=True,
+                            timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith(f"error: {path}: ") and expected in result.stderr
+
+
+def test_a_folder_that_is_not_a_model_and_an_unsupported_data_file_are_refused(params_tree, tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "rows.csv").write_text("a,b\n")
+    with pytest.raises(ConfigError, match="model.name: .*empty: not a model folder"):
+        load_config(params_tree("s/m.yaml", {"model": {"name": str(tmp_path / "empty")}}))
+    with pytest.raises(ConfigError, match=r"data.source: .*rows.csv: unsupported data file"):
+        load_config(params_tree("s/d.yaml", {"data": {"source": str(tmp_path / "rows.csv")}}))
+
+
+def test_hub_ids_stay_hub_ids_and_local_names_are_paths(tmp_path, monkeypatch):
+    from lab2.config import looks_like_local_path
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "checkpoints").mkdir()
+    for hub in ("unsloth/Llama-3.2-1B-Instruct", "mlabonne/FineTome-100k", "gpt2"):
+        assert not looks_like_local_path(hub)
+    for local in ("models/tiny-llama", "checkpoints/run", "./x", "/abs/x", "~/x", "a/b/c", "rows.jsonl", "t.jinja"):
+        assert looks_like_local_path(local), local
+
+
+def test_a_template_error_blames_the_file_that_set_it(params_tree):
+    params_tree("s/base.yaml", {"data": {"chat_template": "chatml"}})
+    with pytest.raises(ConfigError, match=r"params/s/base\.yaml: data\.chat_template: unknown template 'chatml'"):
+        load_config(params_tree("s/exp.yaml", {}))
+
+
+def test_base_yaml_spells_out_exactly_the_code_defaults():
+    import yaml
+
+    from lab2.config import ExperimentConfig
+
+    base = yaml.safe_load((REPO / "params" / "base.yaml").read_text())
+    defaults = ExperimentConfig(experiment="defaults").to_dict()
+    sections = ("model", "lora", "data", "train", "eval")
+    assert set(base) == set(sections)
+    assert {section: base[section] for section in sections} == {section: defaults[section] for section in sections}
+
+
+def test_readme_validate_example_is_the_real_output():
+    """The README's console example is checked, not typed: a changed hash must be changed there too."""
+    readme = (REPO / "README.md").read_text()
+    example = next(line for line in readme.splitlines() if line.startswith("ok   params/demo/baseline.yaml"))
+    real = subprocess.run([sys.executable, "-m", "lab2", "validate", "params/demo/baseline.yaml"], cwd=REPO,
+                          capture_output=True, text=True, timeout=120).stdout.strip()
+    assert example == real
+
+
+def test_readme_typo_example_is_the_real_message(params_tree):
+    readme = (REPO / "README.md").read_text()
+    example = next(line for line in readme.splitlines() if line.startswith("error: params/demo/typo.yaml: "))
+    typo = params_tree("demo/typo.yaml", {"train": {"lerning_rate": 5e-3}})
+    with pytest.raises(ConfigError) as info:
+        load_config(typo)
+    assert example.removeprefix("error: params/demo/typo.yaml: ") == str(info.value).removeprefix(f"{typo}: ")

@@ -102,3 +102,16 @@ def test_sample_answers_pair_fine_tuned_and_base():
         "Q: Hi\nA (fine-tuned): Hello!\nA (base):       hi hi\n\nQ: 2+2?\nA (fine-tuned): 4\nA (base):       five"
     )
     assert sample_answers({"samples": [{"prompt": "Hi", "output": "Hello!"}]}) == "Q: Hi\nA (fine-tuned): Hello!"
+
+
+def test_peak_memory_restarts_after_a_reset():
+    """A stage sharing its kernel with training reports its own peak, not training's."""
+    from lab2 import runs
+
+    big = bytearray(400 * 2**20)
+    big[:: 4096] = b"x" * len(big[:: 4096])  # touch every page so it is resident
+    before = runs.peak_memory_mb()
+    del big
+    runs.reset_peak_memory()
+    after = runs.peak_memory_mb()
+    assert before - after > 300, (before, after)

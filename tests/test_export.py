@@ -7,7 +7,7 @@ import pytest
 
 from lab2 import runs
 from lab2.config import ConfigError, load_config
-from lab2.export import choose_experiment, export_experiment
+from lab2.export import choose_experiment
 from lab2.train import run
 from tests.conftest import tiny_base
 
@@ -29,9 +29,21 @@ def trained_256(tmp_path_factory):
     return out / "wide"
 
 
-def test_export_writes_three_faithful_formats(trained_256):
-    export = export_experiment(trained_256, ["f16", "q8_0", "q4_k_m"], num_perplexity_samples=4)
+def test_export_notebook_writes_three_faithful_formats(trained_256):
+    """export.ipynb itself, executed as `make export` executes it."""
+    import nbformat
+
+    from lab2.sweep import run_notebook
+    from tests.conftest import REPO
+
+    executed = trained_256 / "export.ipynb"
+    run_notebook(REPO / "notebooks" / "export.ipynb", executed, {
+        "experiment": "wide", "output_root": str(trained_256.parent), "formats": ["f16", "q8_0", "q4_k_m"],
+        "num_perplexity_samples": 4}, show_cells=False)
+    export = runs.read_metrics(trained_256)["export"]
     formats = export["formats"]
+    printed = "".join(o.get("text", "") for c in nbformat.read(executed, as_version=4).cells for o in c.get("outputs", []))
+    assert "exporting wide" in printed and "--- q4_k_m" in printed
     sizes = {fmt: formats[fmt]["size_bytes"] for fmt in formats}
     for fmt in ("f16", "q8_0", "q4_k_m"):
         assert (trained_256 / "gguf" / f"wide.{fmt}.gguf").stat().st_size == sizes[fmt]

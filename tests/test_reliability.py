@@ -30,12 +30,17 @@ def test_kill_9_after_a_checkpoint_then_rerun_ends_bit_identical(params_tree, tm
     assert _train_cli(params, whole).wait(timeout=300) == 0
 
     victim = _train_cli(params, interrupted)
-    kill_after = random.Random().choice([3, 6, 9])  # a random checkpoint, then a random moment after it
+    # A random checkpoint, then a random moment after it; the seed is printed so that a failure can be
+    # replayed with LAB2_KILL_SEED=<seed>.
+    seed = int(os.environ.get("LAB2_KILL_SEED", random.SystemRandom().randrange(10**6)))
+    rng = random.Random(seed)
+    kill_after = rng.choice([3, 6, 9])
+    print(f"kill -9 seed {seed}: after checkpoint-{kill_after}")
     checkpoint = interrupted / "resume" / "checkpoints" / f"checkpoint-{kill_after}" / "trainer_state.json"
     deadline = time.time() + 300
     while not checkpoint.exists() and victim.poll() is None and time.time() < deadline:
         time.sleep(0.05)
-    time.sleep(random.uniform(0, 0.5))
+    time.sleep(rng.uniform(0, 0.5))
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     assert victim.returncode == -signal.SIGKILL, "training finished before it could be killed"

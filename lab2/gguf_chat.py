@@ -1,0 +1,53 @@
+"""A GGUF served in its own embedded chat template, through llama-cpp-python's own formatter.
+
+llama-cpp-python registers the GGUF's `tokenizer.chat_template` as the chat format
+"chat_template.default", but left to itself it may swap in a built-in format whose text it
+recognises (its hand-written "llama-3" or "chatml"). Loading with that format named keeps the
+embedded template; the export checks and the app render prompts with the same `Jinja2ChatFormatter`
+class and arguments that llama-cpp-python builds for it, so what is checked is what serves.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+EMBEDDED = "chat_template.default"  # llama-cpp-python's name for the GGUF's own template
+
+
+def load(model: str | Path, n_ctx: int = 2048, n_threads: int | None = None, repo_file: str | None = None, **kwargs):
+    """A llama.cpp model that chats in the GGUF's embedded template: a local path, or a Hub repo id
+    with `repo_file` (downloaded into the HF cache; HF_TOKEN from the environment)."""
+    from llama_cpp import Llama
+
+    options = dict(n_ctx=n_ctx, n_threads=n_threads or os.cpu_count(), chat_format=EMBEDDED, verbose=False, **kwargs)
+    if repo_file:
+        llm = Llama.from_pretrained(repo_id=str(model), filename=repo_file, **options)
+    else:
+        if not Path(model).is_file():
+            raise FileNotFoundError(f"{model}: no such GGUF file (run `make export` first, or set LAB2_GGUF)")
+        llm = Llama(model_path=str(model), **options)
+    if not uses_embedded_template(llm):
+        raise ValueError(f"{model}: the GGUF has no embedded chat template (tokenizer.chat_template)")
+    return llm
+
+
+def uses_embedded_template(llm) -> bool:
+    """True when chat completions go through the GGUF's own template, not a built-in format."""
+    return llm.chat_handler is None and llm.chat_format == EMBEDDED and "tokenizer.chat_template" in llm.metadata
+
+
+def formatter(llm, add_generation_prompt: bool = True):
+    """The formatter llama-cpp-python builds for the embedded template (same class, same arguments)."""
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    def text(token_id: int) -> str:
+        return llm._model.token_get_text(token_id) if token_id != -1 else ""
+
+    return Jinja2ChatFormatter(template=llm.metadata["tokenizer.chat_template"], eos_token=text(llm.token_eos()),
+                               bos_token=text(llm.token_bos()), add_generation_prompt=add_generation_prompt,
+                               stop_token_ids=[llm.token_eos()])
+
+
+def render_prompt(llm, messages: list[dict], add_generation_prompt: bool = True) -> str:
+    return formatter(llm, add_generation_prompt)(messages=messages).prompt
