@@ -25,15 +25,10 @@ class InputTooLong(ValueError):
 
 
 def load_llm(model: str, filename: str | None = None, n_ctx: int = 2048, n_threads: int | None = None):
-    """A local GGUF path, or a Hub repo id plus a file name in it."""
-    from llama_cpp import Llama
+    """A local GGUF path, or a Hub repo id plus a file name in it; chatting in the GGUF's own template."""
+    from lab2 import gguf_chat
 
-    threads = n_threads or os.cpu_count()
-    if filename:  # downloads into the HF cache; HF_TOKEN from the environment for private repos
-        return Llama.from_pretrained(repo_id=model, filename=filename, n_ctx=n_ctx, n_threads=threads, verbose=False)
-    if not Path(model).is_file():
-        raise FileNotFoundError(f"{model}: no such GGUF file (run `make export` first, or set LAB2_GGUF)")
-    return Llama(model_path=model, n_ctx=n_ctx, n_threads=threads, verbose=False)
+    return gguf_chat.load(model, n_ctx, n_threads, repo_file=filename)
 
 
 @dataclass
@@ -45,9 +40,9 @@ class ChatModel:
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def prompt_tokens(self, messages: list[dict]) -> int:
-        from lab2.export import render_gguf_prompt
+        from lab2 import gguf_chat
 
-        return len(self.llm.tokenize(render_gguf_prompt(self.llm, messages).encode(), add_bos=False, special=True))
+        return len(self.llm.tokenize(gguf_chat.render_prompt(self.llm, messages).encode(), add_bos=False, special=True))
 
     def fit(self, messages: list[dict], max_new_tokens: int) -> list[dict]:
         """Drop the oldest turns until prompt + reply fit the context; the system prompt and

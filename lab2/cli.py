@@ -29,13 +29,18 @@ def cmd_validate(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from lab2.sweep import run_sweep
+    import functools
 
-    outcomes = run_sweep(
-        args.sweep, args.out, executor=args.executor, ray_address=args.ray_address or None,
-        cpus_per_experiment=args.cpus_per_experiment, gpus_per_experiment=args.gpus_per_experiment, copy_back=args.copy_back,
-        shard=args.shard,
-    )
+    from lab2 import sweep
+
+    if args.executor == "ray":  # Ray is imported on this path only
+        from lab2.ray_executor import run_on_ray
+
+        execute = functools.partial(run_on_ray, address=args.ray_address or None, cpus=args.cpus_per_experiment,
+                                    gpus=args.gpus_per_experiment, copy_back=args.copy_back)
+    else:
+        execute = sweep.run_locally
+    outcomes = sweep.run_sweep(args.sweep, args.out, execute=execute, shard=args.shard)
     return 1 if any(o.status == "failed" for o in outcomes) else 0
 
 
@@ -55,7 +60,7 @@ def cmd_train(args) -> int:
 
 def cmd_export(args) -> int:
     from lab2.export import FORMATS, choose_experiment
-    from lab2.sweep import REPO_ROOT, run_notebook
+    from lab2.notebook_runner import REPO_ROOT, run_notebook
 
     bad = [f for f in args.formats if f not in FORMATS]
     if bad or "f16" not in args.formats:
@@ -75,8 +80,8 @@ def cmd_export(args) -> int:
 
 def cmd_report(args) -> int:
     from lab2 import runs
-    from lab2.report import notebooks_to_html
-    from lab2.sweep import REPO_ROOT, run_notebook
+    from lab2.html_pages import notebooks_to_html
+    from lab2.notebook_runner import REPO_ROOT, run_notebook
 
     out = Path(args.out)
     if not any(out.glob(f"*/{runs.METRICS_FILE}")):

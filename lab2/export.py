@@ -41,25 +41,21 @@ OLLAMA_TEMPLATE = """{{ if .System }}<|start_header_id|>system<|end_header_id|>
 
 
 def choose_experiment(output_root: str | Path, experiment: str | None = None) -> str:
-    """The named experiment, or the complete one with the lowest validation loss."""
+    """The named experiment, or the report's best: the best-ranked configuration (mean validation loss
+    over its seeds, on the baseline's split) and, of its seed repeats, the run with the lowest loss."""
+    from lab2 import comparison
+
     root = Path(output_root)
-    complete = {
-        p.parent.name: m
-        for p in sorted(root.glob(f"*/{runs.METRICS_FILE}"))
-        if (m := runs.read_metrics(p.parent)) and m.get("status") == "complete"
-    }
     if experiment:
-        if experiment not in complete:
-            known = ", ".join(sorted(complete)) or "none"
-            raise ConfigError(f"EXP={experiment}: no complete experiment of that name in {root}/ (complete: {known})")
+        complete, _ = comparison.load_runs(root)
+        names = sorted(m["experiment"] for m in complete)
+        if experiment not in names:
+            raise ConfigError(f"EXP={experiment}: no complete experiment of that name in {root}/ (complete: {', '.join(names) or 'none'})")
         return experiment
-    if not complete:
-        raise ConfigError(f"{root}/: no complete experiment to export; run `make sweep` first")
-
-    def val_loss(metrics: dict) -> float:
-        return (metrics.get("eval") or {}).get("val_loss", metrics["train"]["final_eval_loss"])
-
-    return min(complete, key=lambda name: val_loss(complete[name]))
+    try:
+        return comparison.best_experiment(root)
+    except ConfigError:
+        raise ConfigError(f"{root}/: no complete experiment to export; run `make sweep` first") from None
 
 
 # --------------------------------------------------------------------------- building the files
@@ -139,28 +135,18 @@ def write_modelfile(gguf_dir: Path, gguf_name: str, system_prompt: str | None = 
 
 
 def load_gguf(path: Path, n_ctx: int = 2048):
-    from llama_cpp import Llama
+    """The GGUF with logits for every position (the perplexity check), chatting in its own template."""
+    from lab2 import gguf_chat
 
-    return Llama(model_path=str(path), n_ctx=n_ctx, n_threads=os.cpu_count(), logits_all=True, verbose=False)
-
-
-def render_gguf_prompt(llm, messages: list[dict], add_generation_prompt: bool = True) -> str:
-    """The GGUF's own embedded chat template, rendered as llama.cpp's chat handler renders it."""
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    def raise_exception(message):
-        raise ValueError(message)
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-    env.globals["raise_exception"] = raise_exception
-    bos = llm.detokenize([llm.token_bos()], special=True).decode()
-    template = env.from_string(llm.metadata["tokenizer.chat_template"])
-    return template.render(messages=messages, bos_token=bos, add_generation_prompt=add_generation_prompt)
+    return gguf_chat.load(path, n_ctx, logits_all=True)
 
 
 def chat_template_matches(llm, tokenizer, messages: list[dict]) -> bool:
-    """The GGUF's own template, rendered and tokenized by llama.cpp, gives the HF prompt tokens."""
-    gguf_ids = llm.tokenize(render_gguf_prompt(llm, messages).encode(), add_bos=False, special=True)
+    """The GGUF's own template, rendered by llama-cpp-python's formatter and tokenized by llama.cpp,
+    gives the HF prompt tokens."""
+    from lab2 import gguf_chat
+
+    gguf_ids = llm.tokenize(gguf_chat.render_prompt(llm, messages).encode(), add_bos=False, special=True)
     hf_text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     hf_ids = tokenizer(hf_text, add_special_tokens=False)["input_ids"]
     return list(gguf_ids) == list(hf_ids)
@@ -199,6 +185,8 @@ def generation_speed(llm, eos_id: int, new_tokens: int = 64) -> float:
 
 
 def check_gguf(path: Path, tokenizer, test_dataset, prompts: list[str], max_tokens: int, hf_loss: float, n_ctx: int) -> dict:
+    from lab2 import gguf_chat
+
     llm = load_gguf(path, n_ctx)
     probe = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2 plus 2?"}]
     loss = gguf_response_loss(llm, test_dataset)
@@ -206,6 +194,7 @@ def check_gguf(path: Path, tokenizer, test_dataset, prompts: list[str], max_toke
         "file": path.name,
         "size_bytes": path.stat().st_size,
         "chat_template_matches_hf": chat_template_matches(llm, tokenizer, probe),
+        "serves_embedded_template": gguf_chat.uses_embedded_template(llm),
         "test_loss": loss,
         "perplexity": math.exp(loss),
         "perplexity_vs_hf_pct": 100 * (math.exp(loss - hf_loss) - 1),

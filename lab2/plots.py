@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import matplotlib.pyplot as plt  # no backend forced: inline in a kernel, Agg when headless
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def plot_loss_curves(runs: dict[str, dict], title: str = "Loss"):
@@ -23,5 +28,29 @@ def plot_loss_curves(runs: dict[str, dict], title: str = "Loss"):
     ax.grid(alpha=0.3)
     if runs:
         ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_val_loss_by_factor(effects: dict[str, pd.DataFrame], noise: float | None):
+    fig, axes = plt.subplots(1, max(len(effects), 1), figsize=(4.2 * max(len(effects), 1), 3.6), squeeze=False)
+    for ax, (name, rows) in zip(axes[0], effects.items()):
+        errors = rows["val_loss_std"].fillna(noise or 0.0)
+        ax.errorbar(rows["value"], rows["val_loss"], yerr=errors, fmt="o-", capsize=4)
+        ax.set(xlabel=name, ylabel="validation loss", title=f"validation loss vs {name}\n(bars: seed std; single runs: pooled noise)")
+        if name == "lr":
+            ax.set_xscale("log")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def plot_cost_vs_benefit(ranked: pd.DataFrame):
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.errorbar(ranked["time_s"], ranked["val_loss"], yerr=ranked["val_loss_std"].fillna(0), fmt="o", capsize=4)
+    for _, row in ranked.iterrows():
+        ax.annotate(row["group"], (row["time_s"], row["val_loss"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    ax.set(xlabel="training time (s)", ylabel="validation loss", title="cost against benefit")
+    ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig

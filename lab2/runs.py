@@ -53,6 +53,11 @@ def is_complete(exp_dir: str | Path, config_hash: str) -> bool:
     return bool(metrics) and metrics.get("status") == "complete" and metrics.get("config_hash") == config_hash
 
 
+def val_loss(metrics: dict) -> float:
+    """A run's validation loss: the evaluation stage's (whole split), else training's last periodic one."""
+    return (metrics.get("eval") or {}).get("val_loss", metrics["train"]["final_eval_loss"])
+
+
 def update_metrics(exp_dir: str | Path, **sections: Any) -> dict:
     """Merge top-level keys into metrics.json and write it back atomically."""
     metrics = read_metrics(exp_dir) or {}

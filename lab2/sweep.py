@@ -7,25 +7,24 @@ evaluation by eval hash); a failed stage's notebook is kept as
 `<stage>.failed.ipynb` and the stage runs again next time. One failure never
 stops the others; the exit status says whether any failed.
 
-The stages of one experiment share one kernel: starting a kernel and importing torch,
-transformers and peft cost about 8 s on 2 cores, paid once per experiment rather than once
-per notebook. Between stages the kernel's namespace is wiped, so a stage inherits warm
-imports from the one before, never its variables (see `experiment_kernel`).
+The stages of one experiment share one kernel (lab2/notebook_runner.py): starting a kernel and
+importing torch, transformers and peft cost about 8 s on 2 cores, paid once per experiment rather
+than once per notebook. The executor that runs the plan is passed in: `run_locally` here, one run
+after another, or lab2/ray_executor.py's, chosen by the command line.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 import time
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from lab2 import runs
 from lab2.config import ConfigError, deep_merge, experiment_files, load_config
+from lab2.notebook_runner import REPO_ROOT, experiment_kernel, reset_kernel_namespace, run_notebook
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 STAGES = (("train", REPO_ROOT / "notebooks" / "train.ipynb"), ("evaluate", REPO_ROOT / "notebooks" / "evaluate.ipynb"))
 
 
@@ -47,90 +46,6 @@ def _one_line_error(exc: BaseException) -> str:
     ename, evalue = getattr(exc, "ename", None), getattr(exc, "evalue", None)
     text = f"{ename}: {evalue}" if ename else f"{type(exc).__name__}: {exc}"
     return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
-
-
-def _kernel_environment() -> None:
-    # The kernel must be this interpreter (the venv), whatever `python` is on PATH.
-    bin_dir = str(Path(sys.executable).parent)
-    if not os.environ.get("PATH", "").startswith(bin_dir + os.pathsep):
-        os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
-
-
-# Run between two stages in a shared kernel: the next notebook must not see the last one's
-# variables, and its model must not load while the last one's still holds (GPU) memory.
-# `%reset -f` also runs gc.collect(), so the CUDA cache is emptied after it.
-RESET_BETWEEN_STAGES = """\
-import sys
-if "matplotlib.pyplot" in sys.modules:
-    sys.modules["matplotlib.pyplot"].close("all")
-%reset -f
-import sys
-if "torch" in sys.modules and sys.modules["torch"].cuda.is_available():
-    sys.modules["torch"].cuda.empty_cache()
-del sys
-"""
-
-
-@contextmanager
-def experiment_kernel(shared: bool = True):
-    """A kernel manager for all stages of one experiment, shut down on the way out.
-
-    Yields None when `shared` is False: then papermill starts a fresh kernel per notebook.
-    nbclient leaves a kernel it does not own running, and its clients' channels open; the
-    manager below remembers its clients so that they are closed here, not leaked per stage.
-    """
-    if not shared:
-        yield None
-        return
-    from jupyter_client import AsyncKernelManager
-    from jupyter_core.utils import run_sync
-
-    class ExperimentKernelManager(AsyncKernelManager):
-        def client(self, **kwargs):
-            kc = super().client(**kwargs)
-            self.lab2_clients.append(kc)
-            return kc
-
-    km = ExperimentKernelManager(kernel_name="python3")
-    km.lab2_clients = []
-    try:
-        yield km
-    finally:
-        for kc in km.lab2_clients:
-            kc.stop_channels()
-        if km.has_kernel:
-            run_sync(km.shutdown_kernel)(now=True)
-        run_sync(km.cleanup_resources)()
-
-
-def reset_kernel_namespace(km) -> None:
-    """Wipe a shared kernel's variables between stages (imports stay cached in sys.modules)."""
-    import nbformat
-    from nbclient import NotebookClient
-
-    if km is None or not km.has_kernel:
-        return
-    NotebookClient(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(RESET_BETWEEN_STAGES)]), km=km).execute()
-
-
-def run_notebook(notebook: Path, output: Path, parameters: dict, show_cells: bool, km=None) -> None:
-    """Execute one stage notebook with papermill; in `km`'s kernel when given, else a fresh one."""
-    import papermill
-
-    _kernel_environment()
-    papermill.execute_notebook(
-        str(notebook),
-        str(output),
-        parameters=parameters,
-        cwd=os.getcwd(),  # relative paths in params mean the same in the kernel as here
-        kernel_name="python3",
-        progress_bar=show_cells,
-        log_output=False,
-        request_save_on_cell_execute=True,
-        # The kernel listens on loopback only; its "TCP without encryption" warning is noise.
-        extra_arguments=["--IPKernelApp.log_level=ERROR"],
-        **({"km": km} if km is not None else {}),
-    )
 
 
 def stage_done(stage: str, exp_dir: Path, cfg) -> bool:
@@ -207,7 +122,7 @@ def _outcome_from_metrics(name: str, status: str, metrics: dict, wall: float) ->
         train_seconds=train["training_time_seconds"],
         eval_seconds=eval_compute_seconds(metrics),
         fixed_seconds=metrics.get("timing", {}).get("fixed_seconds"),
-        val_loss=evaluation.get("val_loss", train["final_eval_loss"]),
+        val_loss=runs.val_loss(metrics),
         test_loss=evaluation.get("test_loss"),
     )
 
@@ -258,33 +173,35 @@ def select_shard(plan: list, shard: str | None) -> list:
     return plan[k - 1 :: n]
 
 
-def run_sweep(
-    sweep: str | Path, out_root: str | Path = "outputs", overrides: dict | None = None,
-    executor: str = "local", ray_address: str | None = None, cpus_per_experiment: float = 1,
-    gpus_per_experiment: float | None = None, copy_back: bool = False, shard: str | None = None,
-) -> list[Outcome]:
+def run_locally(plan: list[tuple[Path, dict]], out_root: Path) -> list[Outcome]:
+    """The default executor: one run after another, in this process's kernels."""
+    outcomes = []
+    show_cells = sys.stderr.isatty()
+    start = time.perf_counter()
+    for i, (params_file, run_overrides) in enumerate(plan, 1):
+        label = run_overrides.get("experiment", params_file.stem)
+        print(f"[{i}/{len(plan)}] {label} ... (sweep elapsed {time.perf_counter() - start:.0f} s)", flush=True)
+        outcome = run_experiment(params_file, out_root, run_overrides, show_cells)
+        outcomes.append(outcome)
+        print(f"[{i}/{len(plan)}] {describe(outcome)}", flush=True)
+    return outcomes
+
+
+Executor = Callable[[list[tuple[Path, dict]], Path], list[Outcome]]
+
+
+def run_sweep(sweep: str | Path, out_root: str | Path = "outputs", overrides: dict | None = None,
+              execute: Executor = run_locally, shard: str | None = None) -> list[Outcome]:
+    """Plan the runs of a params folder, hand them to `execute`, print the summary table."""
     files = experiment_files([sweep])
     if not files:
         raise ConfigError(f"{sweep}: no experiment params files (*.yaml other than base.yaml)")
-    if executor not in ("local", "ray"):
-        raise ConfigError(f"EXECUTOR={executor}: choose local or ray")
     out_root = Path(out_root)
     plan = select_shard(plan_runs(files, overrides), shard)
     sweep_start = time.perf_counter()
-    print(f"sweep {sweep}: {len(plan)} runs of {len(files)} params files -> {out_root}/ ({executor})", flush=True)
-    if executor == "ray":
-        from lab2.ray_executor import run_on_ray
-
-        outcomes = run_on_ray(plan, out_root, ray_address, cpus_per_experiment, gpus_per_experiment, copy_back)
-    else:
-        outcomes = []
-        show_cells = sys.stderr.isatty()
-        for i, (params_file, run_overrides) in enumerate(plan, 1):
-            label = run_overrides.get("experiment", params_file.stem)
-            print(f"[{i}/{len(plan)}] {label} ... (sweep elapsed {time.perf_counter() - sweep_start:.0f} s)", flush=True)
-            outcome = run_experiment(params_file, out_root, run_overrides, show_cells)
-            outcomes.append(outcome)
-            print(f"[{i}/{len(plan)}] {describe(outcome)}", flush=True)
+    name = getattr(execute, "__name__", None) or getattr(getattr(execute, "func", None), "__name__", "executor")
+    print(f"sweep {sweep}: {len(plan)} runs of {len(files)} params files -> {out_root}/ ({name})", flush=True)
+    outcomes = execute(plan, out_root)
     total = time.perf_counter() - sweep_start
     failed = sum(o.status == "failed" for o in outcomes)
     print("\n" + summary_table(outcomes))

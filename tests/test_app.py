@@ -62,9 +62,10 @@ def test_one_generation_at_a_time_per_model(tuned):
 
 
 def test_prompt_is_the_ggufs_own_chat_template(tuned):
-    from lab2.export import render_gguf_prompt
+    from lab2 import gguf_chat
 
-    text = render_gguf_prompt(tuned.llm, [{"role": "user", "content": "Hi"}])
+    assert gguf_chat.uses_embedded_template(tuned.llm)  # not a built-in format llama-cpp-python guessed
+    text = gguf_chat.render_prompt(tuned.llm, [{"role": "user", "content": "Hi"}])
     assert text.startswith("<|begin_of_text|><|start_header_id|>system<|end_header_id|>")
     assert text.endswith("<|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n")
     assert "User:" not in text

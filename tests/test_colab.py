@@ -13,7 +13,7 @@ from tests.conftest import REPO
 
 
 def test_lab2_notebook_runs_top_to_bottom_on_cpu(params_tree, tmp_path):
-    from lab2.sweep import run_notebook
+    from lab2.notebook_runner import run_notebook
 
     params = params_tree("colab/tiny.yaml", {"seeds": [1, 2]})  # seeds are ignored: one run here
     out = tmp_path / "outputs"

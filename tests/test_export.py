@@ -33,7 +33,7 @@ def test_export_notebook_writes_three_faithful_formats(trained_256):
     """export.ipynb itself, executed as `make export` executes it."""
     import nbformat
 
-    from lab2.sweep import run_notebook
+    from lab2.notebook_runner import run_notebook
     from tests.conftest import REPO
 
     executed = trained_256 / "export.ipynb"
@@ -47,7 +47,7 @@ def test_export_notebook_writes_three_faithful_formats(trained_256):
     sizes = {fmt: formats[fmt]["size_bytes"] for fmt in formats}
     for fmt in ("f16", "q8_0", "q4_k_m"):
         assert (trained_256 / "gguf" / f"wide.{fmt}.gguf").stat().st_size == sizes[fmt]
-        assert formats[fmt]["chat_template_matches_hf"] is True
+        assert formats[fmt]["chat_template_matches_hf"] is True and formats[fmt]["serves_embedded_template"] is True
         assert formats[fmt]["samples"] and formats[fmt]["generation_tokens_per_second"] > 0
     assert sizes["f16"] > sizes["q8_0"] > sizes["q4_k_m"]
     assert formats["q4_k_m"]["reduction_vs_f16_pct"] > 50
@@ -61,14 +61,34 @@ def test_export_notebook_writes_three_faithful_formats(trained_256):
     assert '"eos_token_id": 128009' in generation
 
 
-def test_choose_experiment_takes_the_lowest_validation_loss(tmp_path):
-    for name, loss in [("a", 2.0), ("b", 1.5), ("c", 1.0)]:
-        status = "failed" if name == "c" else "complete"
-        runs.write_json_atomic(tmp_path / name / "metrics.json", {"status": status, "train": {"final_eval_loss": 9}, "eval": {"val_loss": loss}})
-    assert choose_experiment(tmp_path) == "b"  # c is lower but failed
-    assert choose_experiment(tmp_path, "a") == "a"
-    with pytest.raises(ConfigError, match=r"EXP=nope: no complete experiment of that name .*\(complete: a, b\)"):
+def fake_run(root, experiment, val_loss, group=None, seed=3407, fingerprint="same", status="complete"):
+    from lab2.config import ExperimentConfig
+
+    config = ExperimentConfig(experiment=experiment, group=group, train={"seed": seed}).to_dict()
+    runs.write_json_atomic(root / experiment / "metrics.json", {
+        "experiment": experiment, "status": status, "config": config,
+        "train": {"total_steps": 60, "final_loss": 1.0, "final_eval_loss": 9.0, "training_time_seconds": 1.0,
+                  "tokens_per_second": 1.0, "peak_memory_mb": 1.0},
+        "eval": {"val_loss": val_loss, "split_fingerprint": fingerprint}})
+
+
+def test_choose_experiment_takes_the_reports_best(tmp_path):
+    """The report ranks configurations by mean over seeds on the baseline's split; export and app take
+    its best, not the single luckiest run, nor a run measured on other data."""
+    for seed, loss in [(1, 0.90), (2, 1.30), (3, 1.30)]:  # mean 1.17: one lucky seed
+        fake_run(tmp_path, f"baseline-seed{seed}", loss, group="baseline", seed=seed)
+    fake_run(tmp_path, "rank_32", 1.00)
+    fake_run(tmp_path, "rank_32-seed7", 0.99, group="rank_32b", seed=7)
+    fake_run(tmp_path, "other_data", 0.50, fingerprint="different")  # another split: never ranked
+    fake_run(tmp_path, "broken", 0.10, status="failed")
+    assert choose_experiment(tmp_path) == "rank_32-seed7"
+    (tmp_path / "rank_32-seed7" / "metrics.json").unlink()
+    assert choose_experiment(tmp_path) == "rank_32"
+    assert choose_experiment(tmp_path, "baseline-seed2") == "baseline-seed2"
+    with pytest.raises(ConfigError, match=r"EXP=nope: no complete experiment of that name .*\(complete: baseline-seed1, "):
         choose_experiment(tmp_path, "nope")
+    with pytest.raises(ConfigError, match="no complete experiment to export"):
+        choose_experiment(tmp_path / "empty")
 
 
 def test_make_export_with_an_unknown_experiment_fails_in_one_line_and_touches_nothing(tmp_path):

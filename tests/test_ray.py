@@ -1,10 +1,12 @@
 """EXECUTOR=ray: two tiny experiments in parallel on a local Ray instance, same results as local."""
 
+import functools
 import time
 
 import pytest
 
 from lab2 import runs
+from lab2.ray_executor import run_on_ray
 from lab2.sweep import run_sweep
 
 
@@ -21,7 +23,7 @@ def test_ray_executor_matches_the_local_one(local_ray, params_tree, tmp_path, ca
     params_tree("pair/a.yaml", {"train": {"seed": 11}})
     sweep = params_tree("pair/b.yaml", {"train": {"seed": 12}, "lora": {"r": 8, "alpha": 16}}).parent
     start = time.perf_counter()
-    parallel = run_sweep(sweep, tmp_path / "ray", executor="ray")
+    parallel = run_sweep(sweep, tmp_path / "ray", execute=run_on_ray)
     parallel_seconds = time.perf_counter() - start
     printed = capsys.readouterr().out
     start = time.perf_counter()
@@ -43,7 +45,7 @@ def test_ray_executor_matches_the_local_one(local_ray, params_tree, tmp_path, ca
 
 def test_ray_copy_back_unpacks_into_out(local_ray, params_tree, tmp_path):
     sweep = params_tree("one/c.yaml", {}).parent
-    [outcome] = run_sweep(sweep, tmp_path / "out", executor="ray", copy_back=True)
+    [outcome] = run_sweep(sweep, tmp_path / "out", execute=functools.partial(run_on_ray, copy_back=True))
     assert outcome.status == "complete"
     assert runs.read_metrics(tmp_path / "out" / "c")["status"] == "complete"
     assert (tmp_path / "out" / "c" / "train.ipynb").is_file() and (tmp_path / "out" / "c" / "adapter").is_dir()

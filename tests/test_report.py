@@ -6,7 +6,8 @@ import pytest
 
 from lab2 import runs
 from lab2.config import ExperimentConfig
-from lab2.report import GENERATED_MARK, Report, notebooks_to_html, write_best_combination, write_report
+from lab2.html_pages import notebooks_to_html
+from lab2.report import GENERATED_MARK, Report, write_best_combination, write_report
 
 
 def _run(out, name, val_loss, group=None, seed=3407, fingerprint="split-A", **config):

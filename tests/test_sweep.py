@@ -3,7 +3,6 @@
 One sweep history, to keep the suite fast: killed midway, resumed, skipped, changed, fixed.
 """
 
-import json
 import os
 import signal
 import subprocess
@@ -14,7 +13,7 @@ import nbformat
 import psutil
 import pytest
 
-from lab2 import cli, runs, sweep
+from lab2 import cli, notebook_runner, runs
 
 FAKE_TOKEN = "hf_" + "FakeTokenForTheSecretsTest0123456789abcdef"  # built here so no token-shaped string is tracked
 
@@ -154,10 +153,10 @@ def _printed(executed) -> list[str]:
 
 def test_stages_share_a_kernel_but_not_its_variables(tmp_path):
     first, second = _pid_notebooks(tmp_path)
-    with sweep.experiment_kernel() as km:
-        sweep.run_notebook(first, tmp_path / "first.out.ipynb", {}, show_cells=False, km=km)
-        sweep.reset_kernel_namespace(km)
-        sweep.run_notebook(second, tmp_path / "second.out.ipynb", {}, show_cells=False, km=km)
+    with notebook_runner.experiment_kernel() as km:
+        notebook_runner.run_notebook(first, tmp_path / "first.out.ipynb", {}, show_cells=False, km=km)
+        notebook_runner.reset_kernel_namespace(km)
+        notebook_runner.run_notebook(second, tmp_path / "second.out.ipynb", {}, show_cells=False, km=km)
         clients = list(km.lab2_clients)
     [pid] = _printed(tmp_path / "first.out.ipynb")
     assert _printed(tmp_path / "second.out.ipynb") == [pid, "False", "0"]  # same process; variable and weights gone
@@ -167,9 +166,9 @@ def test_stages_share_a_kernel_but_not_its_variables(tmp_path):
 
 def test_a_fresh_kernel_per_stage_on_request(tmp_path):
     first, second = _pid_notebooks(tmp_path)
-    with sweep.experiment_kernel(shared=False) as km:
-        sweep.run_notebook(first, tmp_path / "first.out.ipynb", {}, show_cells=False, km=km)
-        sweep.run_notebook(second, tmp_path / "second.out.ipynb", {}, show_cells=False, km=km)
+    with notebook_runner.experiment_kernel(shared=False) as km:
+        notebook_runner.run_notebook(first, tmp_path / "first.out.ipynb", {}, show_cells=False, km=km)
+        notebook_runner.run_notebook(second, tmp_path / "second.out.ipynb", {}, show_cells=False, km=km)
     [pid] = _printed(tmp_path / "first.out.ipynb")
     assert _printed(tmp_path / "second.out.ipynb")[0] != pid
 
