@@ -89,8 +89,9 @@ colab-rehearsal: setup
 validate: $(VENV)/.installed
 	$(PY) -m lab2 validate $(SWEEP)
 
+# Two workers, a test file each at a time: most tests wait on kernels and subprocesses.
 test: $(VENV)/.test /usr/bin/chromium
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 clean:
 	rm -rf $(OUT) .pytest_cache

@@ -143,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("export", help="merge, convert to GGUF, quantize and check one experiment")
-    p.add_argument("--exp", default=None, help="experiment name (default: lowest validation loss)")
+    p.add_argument("--exp", default=None, help="experiment name (default: the report's best configuration, its best seed)")
     p.add_argument("--out", default="outputs", help="output root (default outputs)")
     p.add_argument("--formats", nargs="+", default=["f16", "q8_0", "q4_k_m"])
     p.set_defaults(func=cmd_export)

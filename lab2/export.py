@@ -47,8 +47,8 @@ def choose_experiment(output_root: str | Path, experiment: str | None = None) ->
 
     root = Path(output_root)
     if experiment:
-        complete, _ = comparison.load_runs(root)
-        names = sorted(m["experiment"] for m in complete)
+        names = sorted(p.parent.name for p in root.glob(f"*/{runs.METRICS_FILE}")
+                       if (runs.read_metrics(p.parent) or {}).get("status") == "complete")
         if experiment not in names:
             raise ConfigError(f"EXP={experiment}: no complete experiment of that name in {root}/ (complete: {', '.join(names) or 'none'})")
         return experiment
