@@ -94,8 +94,11 @@ def test_browser_types_a_message_and_sees_the_streamed_reply(served, tmp_path):
         page.screenshot(path=str(tmp_path / "chat.png"), full_page=True)
         browser.close()
     assert lengths[-1] > 0, "no reply appeared"
+    # Gradio may show a pending indicator first: the reply is the last run of non-decreasing lengths.
     shown = [n for n in lengths if n > 0]
-    assert len(set(shown)) > 1 and shown == sorted(shown), f"the reply did not grow in pieces: {shown}"
+    drops = [i for i in range(1, len(shown)) if shown[i] < shown[i - 1]]
+    reply = shown[drops[-1]:] if drops else shown
+    assert len(set(reply)) > 1, f"the reply did not grow in pieces: {shown}"
     assert (tmp_path / "chat.png").stat().st_size > 10_000
     print(f"reply lengths seen while streaming: {sorted(set(lengths))[:12]}; screenshot {tmp_path / 'chat.png'}")
 
