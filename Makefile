@@ -90,7 +90,7 @@ validate: $(VENV)/.installed
 	$(PY) -m lab2 validate $(SWEEP)
 
 # Two workers, a test file each at a time: most tests wait on kernels and subprocesses.
-test: $(VENV)/.test /usr/bin/chromium
+test: $(VENV)/.test /usr/bin/chromium $(TINY)/config.json
 	$(PY) -m pytest -q -n 2 --dist loadfile
 
 clean:

@@ -60,7 +60,7 @@ def cmd_train(args) -> int:
 
 def cmd_export(args) -> int:
     from lab2.export import FORMATS, choose_experiment
-    from lab2.notebook_runner import REPO_ROOT, run_notebook
+    from lab2.notebook_runner import REPO_ROOT, portable_path, run_notebook
 
     bad = [f for f in args.formats if f not in FORMATS]
     if bad or "f16" not in args.formats:
@@ -70,7 +70,7 @@ def cmd_export(args) -> int:
     print(f"exporting {name} -> {out.parent / 'gguf'}/", flush=True)
     run_notebook(
         REPO_ROOT / "notebooks" / "export.ipynb", out,
-        {"experiment": name, "output_root": str(Path(args.out).resolve()), "formats": args.formats}, sys.stderr.isatty(),
+        {"experiment": name, "output_root": portable_path(args.out), "formats": args.formats}, sys.stderr.isatty(),
     )
     from lab2 import export, runs
 
@@ -80,22 +80,25 @@ def cmd_export(args) -> int:
 
 def cmd_report(args) -> int:
     from lab2 import runs
-    from lab2.html_pages import notebooks_to_html
-    from lab2.notebook_runner import REPO_ROOT, run_notebook
+    from lab2.html_pages import landing_page, notebooks_to_html
+    from lab2.notebook_runner import REPO_ROOT, portable_path, run_notebook
 
     out = Path(args.out)
     if not any(out.glob(f"*/{runs.METRICS_FILE}")):
         raise ConfigError(f"OUT={out}: no experiments to report on; run `make sweep` first")
     run_notebook(
         REPO_ROOT / "notebooks" / "report.ipynb", out / "report.ipynb",
-        {"output_root": str(out.resolve()), "sweep_dir": args.sweep, "baseline": args.baseline}, sys.stderr.isatty(),
+        {"output_root": portable_path(out), "sweep_dir": portable_path(args.sweep), "baseline": args.baseline}, sys.stderr.isatty(),
     )
     from nbconvert import HTMLExporter
 
     body, _ = HTMLExporter(exclude_input=True).from_filename(str(out / "report.ipynb"))
     (out / "report.html").write_text(body)
-    index = notebooks_to_html(out)
-    print(f"wrote {out / 'EXPERIMENT_REPORT.md'}, {out / 'report.ipynb'}, {out / 'report.html'} and {index}")
+    notebooks_to_html(out)
+    from lab2.report import Report
+
+    landing = landing_page(out, Report(out, args.baseline))  # the same data as EXPERIMENT_REPORT.md
+    print(f"wrote {landing} (open this first), {out / 'EXPERIMENT_REPORT.md'}, {out / 'report.html'} and the notebook pages in {out / 'html'}/")
     return 0
 
 

@@ -22,3 +22,85 @@ def notebooks_to_html(output_root: str | Path) -> Path:
     index = root / "html" / "index.html"
     index.write_text(f"<!doctype html><meta charset='utf-8'><title>lab2 outputs</title><h1>Executed notebooks</h1><ul>\n{items}\n</ul>\n")
     return index
+
+
+def _link(root: Path, page: Path, label: str) -> str | None:
+    """A link to `page` (relative to OUT), if it exists."""
+    return f'<a href="{page.as_posix()}">{label}</a>' if (root / page).is_file() else None
+
+
+def _cell(value, spec: str = ".4f") -> str:
+    return "-" if value is None or value != value else format(value, spec)  # NaN != NaN
+
+
+def _failed_page(root: Path, name: str) -> str:
+    pages = (_link(root, Path("html") / name / f"{stage}.failed.html", f"{stage}.failed") for stage in ("train", "evaluate"))
+    return next((p for p in pages if p), "")
+
+
+def _notebook_error(notebook: Path) -> str:
+    """The one-line error papermill recorded in a failed notebook."""
+    import nbformat
+
+    for cell in nbformat.read(notebook, as_version=4).cells:
+        for output in cell.get("outputs", []):
+            if output.get("output_type") == "error":
+                return f"{output['ename']}: {output['evalue']}".splitlines()[0]
+    return "no error recorded"
+
+
+def landing_page(output_root: str | Path, report) -> Path:
+    """OUT/index.html, the page to open first: findings, the ranked table with links to every run's
+    executed pages, the figures, and what failed. Built from `lab2.report.Report`, the same data as
+    EXPERIMENT_REPORT.md, and rendered by nbconvert like the notebook pages; every link is relative."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    from lab2.comparison import group_of
+
+    root = Path(output_root)
+    runs_of: dict[str, list[str]] = {}
+    for metrics in report.complete:
+        runs_of.setdefault(group_of(metrics), []).append(metrics["experiment"])
+    rows = []
+    for _, row in report.ranked.iterrows():
+        links = []
+        for name in sorted(runs_of.get(row["group"], [])):
+            pages = [_link(root, Path("html") / name / f"{stage}.html", stage) for stage in ("train", "evaluate", "export")]
+            links.append(f"{name}: " + " · ".join(p for p in pages if p))
+        std = "" if row["val_loss_std"] != row["val_loss_std"] else f" ± {row['val_loss_std']:.4f}"
+        rows.append(f"<tr><td>{row['group']}</td><td>{int(row['seeds'])}</td><td>{row['val_loss']:.4f}{std}</td>"
+                    f"<td>{row['verdict']} ({row['val_loss_vs_base_pct']:+.2f} %)</td><td>{_cell(row['test_loss'])}</td>"
+                    f"<td>{_cell(row['bleu'], '.2f')}</td><td>{_cell(row['rouge_l'], '.3f')}</td><td>{_cell(row['time_s'], '.1f')}</td>"
+                    f"<td>{'<br>'.join(links)}</td></tr>")
+    table = ("<table><thead><tr><th>group</th><th>seeds</th><th>val loss ± std</th><th>vs baseline</th><th>test loss</th>"
+             "<th>BLEU</th><th>ROUGE-L</th><th>train s</th><th>runs: executed pages</th></tr></thead><tbody>"
+             + "".join(rows) + "</tbody></table>")
+    cells = [
+        "# lab2 experiments\n\nRanked on held-out validation loss (mean over seeds where repeated); training loss is "
+        "never compared. Full report: [EXPERIMENT_REPORT.md](EXPERIMENT_REPORT.md) · [report.html](report.html).",
+        "## Findings\n\n" + "\n".join(f"- {line}" for line in report.findings),
+        "## Experiments, best first\n\n" + table,
+    ]
+    if report.base_model:
+        cells.append("Base model (adapter off, same split): " + ", ".join(f"{k} {_cell(v)}" for k, v in report.base_model.items()))
+    figures = sorted((root / "report_figures").glob("*.png"))
+    if figures:
+        cells.append("## Figures\n\n" + "\n\n".join(f"![{p.stem.replace('_', ' ')}]({p.relative_to(root).as_posix()})" for p in figures))
+    lines = []
+    recorded = {m.get("experiment") for m in report.unfinished}
+    for metrics in report.unfinished:  # a metrics.json that says failed or running
+        name = metrics.get("experiment", "?")
+        lines.append(f"- **{name}**: {metrics.get('status')}: {metrics.get('error', 'no error recorded')} {_failed_page(root, name)}".rstrip())
+    for failed in sorted(root.glob("*/*.failed.ipynb")):  # failed before writing any metrics.json
+        name = failed.parent.name
+        if name not in recorded and not (failed.parent / "metrics.json").is_file():
+            recorded.add(name)
+            lines.append(f"- **{name}**: failed: {_notebook_error(failed)} {_failed_page(root, name)}".rstrip())
+    if lines:
+        cells.append("## Failed or unfinished\n\n" + "\n".join(lines))
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(c) for c in cells])
+    body, _ = HTMLExporter(exclude_input=True).from_notebook_node(notebook, resources={"metadata": {"name": "lab2 experiments"}})
+    index = root / "index.html"
+    index.write_text(body)
+    return index

@@ -79,21 +79,43 @@ def reset_kernel_namespace(km) -> None:
     NotebookClient(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(RESET_BETWEEN_STAGES)]), km=km).execute()
 
 
+def portable_path(path: str | Path) -> str:
+    """A path as the kernel reads it (its cwd is ours), relative: an executed notebook handed on to
+    someone else then names no folder of this machine (no checkout path, no home folder)."""
+    return os.path.relpath(Path(path).resolve(), os.getcwd())
+
+
 def run_notebook(notebook: Path, output: Path, parameters: dict, show_cells: bool, km=None) -> None:
     """Execute one stage notebook with papermill; in `km`'s kernel when given, else a fresh one."""
     import papermill
 
     _kernel_environment()
-    papermill.execute_notebook(
-        str(notebook),
-        str(output),
-        parameters=parameters,
-        cwd=os.getcwd(),  # relative paths in params mean the same in the kernel as here
-        kernel_name="python3",
-        progress_bar=show_cells,
-        log_output=False,
-        request_save_on_cell_execute=True,
-        # The kernel listens on loopback only; its "TCP without encryption" warning is noise.
-        extra_arguments=["--IPKernelApp.log_level=ERROR"],
-        **({"km": km} if km is not None else {}),
-    )
+    try:
+        papermill.execute_notebook(
+            str(notebook),
+            str(output),
+            parameters=parameters,
+            cwd=os.getcwd(),  # relative paths in params mean the same in the kernel as here
+            kernel_name="python3",
+            progress_bar=show_cells,
+            log_output=False,
+            request_save_on_cell_execute=True,
+            # The kernel listens on loopback only; its "TCP without encryption" warning is noise.
+            extra_arguments=["--IPKernelApp.log_level=ERROR"],
+            **({"km": km} if km is not None else {}),
+        )
+    finally:
+        _record_source_portably(Path(notebook), Path(output))
+
+
+def _record_source_portably(notebook: Path, output: Path) -> None:
+    """papermill records the source notebook's absolute path: keep it relative to the repository."""
+    import nbformat
+
+    if not output.is_file():
+        return
+    executed = nbformat.read(output, as_version=4)
+    source = notebook.resolve()
+    meta = executed.metadata.get("papermill", {})
+    meta["input_path"] = source.relative_to(REPO_ROOT).as_posix() if source.is_relative_to(REPO_ROOT) else source.name
+    nbformat.write(executed, output)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from lab2 import runs
 from lab2.config import ConfigError, deep_merge, experiment_files, load_config
-from lab2.notebook_runner import REPO_ROOT, experiment_kernel, reset_kernel_namespace, run_notebook
+from lab2.notebook_runner import REPO_ROOT, experiment_kernel, portable_path, reset_kernel_namespace, run_notebook
 
 STAGES = (("train", REPO_ROOT / "notebooks" / "train.ipynb"), ("evaluate", REPO_ROOT / "notebooks" / "evaluate.ipynb"))
 
@@ -70,7 +70,7 @@ def run_experiment(
         cfg = load_config(params_file, overrides)
         name = cfg.experiment
         exp_dir = out_root / name
-        parameters = {"params_path": str(params_file.resolve()), "output_root": str(out_root.resolve()), "overrides": overrides or {}}
+        parameters = {"params_path": portable_path(params_file), "output_root": portable_path(out_root), "overrides": overrides or {}}
         with experiment_kernel(shared_kernel) as km:
             for stage, notebook in STAGES:
                 if stage_done(stage, exp_dir, cfg):

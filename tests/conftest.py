@@ -20,6 +20,17 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def demo_model() -> Path:
+    """models/tiny-llama, which params/demo names: `make setup` builds it; built here if missing."""
+    from lab2.modeling import build_tiny_llama
+
+    path = REPO / "models" / "tiny-llama"
+    if not (path / "config.json").is_file():
+        build_tiny_llama(path)
+    return path
+
+
+@pytest.fixture(scope="session")
 def tokenizer(tiny_model_dir):
     from lab2.modeling import load_tokenizer
 

@@ -97,7 +97,7 @@ def test_cli_validate_reports_one_line_per_bad_file_without_traceback(params_tre
     assert "Traceback" not in result.stderr
 
 
-def test_shipped_params_are_valid():
+def test_shipped_params_are_valid(demo_model):
     from tests.conftest import REPO
 
     for path in experiment_files([REPO / "params" / "demo"]):
@@ -174,7 +174,7 @@ def test_base_yaml_spells_out_exactly_the_code_defaults():
     assert {section: base[section] for section in sections} == {section: defaults[section] for section in sections}
 
 
-def test_readme_validate_example_is_the_real_output():
+def test_readme_validate_example_is_the_real_output(demo_model):
     """The README's console example is checked, not typed: a changed hash must be changed there too."""
     readme = (REPO / "README.md").read_text()
     example = next(line for line in readme.splitlines() if line.startswith("ok   params/demo/baseline.yaml"))

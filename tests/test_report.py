@@ -113,4 +113,9 @@ def test_make_report_executes_the_notebook_and_writes_html(outputs, tmp_path, ca
     for name in ("EXPERIMENT_REPORT.md", "report.ipynb", "report.html", "html/index.html", "html/report.html"):
         assert (outputs / name).is_file(), name
     assert "Best configuration: steps_240" in (outputs / "report.html").read_text()
+    landing = (outputs / "index.html").read_text()
+    for group in Report(outputs).ranked["group"]:
+        assert f"<td>{group}</td>" in landing
+    assert "Best configuration: steps_240" in landing and 'src="report_figures/loss_curves.png"' in landing
+    assert "<strong>broken</strong>: failed: NaN" in landing
     assert (sweep / "exp_best_combination.yaml").read_text().startswith("# lab2: generated")

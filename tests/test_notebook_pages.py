@@ -1,0 +1,97 @@
+"""Executed notebooks read as reports: no red (stderr) box for known, harmless output, and nothing in
+OUT names the machine that ran it (no checkout path, no home folder)."""
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+from lab2 import cli
+from tests.conftest import REPO, SAMPLE_DATA, tiny_base
+
+# What may still reach stderr in a healthy run: warnings a reader should see.
+ALLOWED_STDERR = [r"resuming from", r"truncat", r"non-finite"]
+
+
+@pytest.fixture(scope="module")
+def demo_checkout(tiny_model_dir, tmp_path_factory):
+    """A folder shaped like the repository (params/, models/, data/, relative paths), swept once."""
+    checkout = tmp_path_factory.mktemp("pages") / "checkout"
+    (checkout / "models").mkdir(parents=True)
+    (checkout / "data").mkdir()
+    shutil.copytree(tiny_model_dir, checkout / "models" / "tiny-llama")
+    shutil.copy(SAMPLE_DATA, checkout / "data" / SAMPLE_DATA.name)
+    base = tiny_base(Path("models/tiny-llama"), max_steps=2, eval_steps=2, save_steps=2)
+    base["data"]["source"] = f"data/{SAMPLE_DATA.name}"
+    (checkout / "params" / "demo").mkdir(parents=True)
+    (checkout / "params" / "base.yaml").write_text(yaml.safe_dump(base))
+    (checkout / "params" / "demo" / "baseline.yaml").write_text("experiment: baseline\n")
+    (checkout / "params" / "demo" / "lr_high.yaml").write_text("train:\n  learning_rate: 5.0e-3\n")
+    here = os.getcwd()
+    os.chdir(checkout)
+    try:  # what a user runs: make sweep && make report
+        assert cli.main(["sweep", "params/demo", "--out", "outputs"]) == 0
+        assert cli.main(["report", "--out", "outputs", "--sweep", "params/demo"]) == 0
+    finally:
+        os.chdir(here)
+    return checkout
+
+
+def stderr_texts(notebook: Path) -> list[str]:
+    cells = nbformat.read(notebook, as_version=4).cells
+    return [o["text"] for c in cells for o in c.get("outputs", []) if o.get("output_type") == "stream" and o.get("name") == "stderr"]
+
+
+def test_executed_notebooks_have_no_red_box_but_allowed_warnings(demo_checkout):
+    pages = sorted((demo_checkout / "outputs").glob("*/*.ipynb")) + [demo_checkout / "outputs" / "report.ipynb"]
+    assert [p.name for p in pages] == ["evaluate.ipynb", "train.ipynb"] * 2 + ["report.ipynb"]
+    unexpected = [(page.name, text[:100]) for page in pages for text in stderr_texts(page)
+                  if text.strip() and not any(re.search(p, text) for p in ALLOWED_STDERR)]
+    assert unexpected == []
+    html = "".join(str(o.get("data", {}).get("text/html", "")) for c in nbformat.read(pages[3], as_version=4).cells
+                   for o in c.get("outputs", []))
+    assert "<progress" in html and "Validation Loss" in html  # the Trainer's step table stays
+
+
+def test_outputs_name_no_machine_path(demo_checkout):
+    out = demo_checkout / "outputs"
+    injected = next(c for c in nbformat.read(out / "baseline" / "train.ipynb", as_version=4).cells
+                    if "injected-parameters" in c.metadata.get("tags", []))
+    assert 'params_path = "params/demo/baseline.yaml"' in injected.source and 'output_root = "outputs"' in injected.source
+    machine_paths = [str(demo_checkout), str(Path.home()).rstrip(os.sep) + os.sep, str(REPO)]
+    offenders = [f"{path.relative_to(out)} names {needle}" for path in out.rglob("*") if path.is_file()
+                 for needle in machine_paths if needle.encode() in path.read_bytes()]
+    assert offenders == []
+
+
+def test_landing_page_in_a_real_browser(demo_checkout, tmp_path):
+    """OUT/index.html opened from disk: every group ranked, a run's link leads to its train page with
+    the step table and the loss plot."""
+    from playwright.sync_api import sync_playwright
+
+    from lab2.report import Report
+    from tests.test_app import CHROMIUM, CHROMIUM_ARGS
+
+    out = demo_checkout / "outputs"
+    groups = list(Report(out).ranked["group"])
+    assert sorted(groups) == ["baseline", "lr_high"]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        page.goto((out / "index.html").as_uri())
+        rows = page.locator("table tbody tr")
+        assert [rows.nth(i).locator("td").first.inner_text() for i in range(rows.count())] == groups
+        assert page.locator("img[src^='report_figures/']").count() == 3
+        page.screenshot(path=str(tmp_path / "index.png"), full_page=True)
+        page.locator("a", has_text="train").first.click()
+        page.wait_for_load_state()
+        assert page.url.endswith("/html/baseline/train.html") or page.url.endswith("/html/lr_high/train.html")
+        assert page.locator("progress").count() >= 1 and page.get_by_text("Validation Loss").count() >= 1  # the step table
+        assert page.locator("img[src^='data:image/png']").count() >= 1  # the loss plot, embedded
+        page.screenshot(path=str(tmp_path / "train.png"), full_page=True)
+        browser.close()
+    print(f"screenshots: {tmp_path / 'index.png'} {tmp_path / 'train.png'}")
