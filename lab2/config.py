@@ -299,14 +299,20 @@ def looks_like_local_path(source: str) -> bool:
             or source.count("/") > 1 or first in PROJECT_FOLDERS or ("/" in source and Path(first).expanduser().is_dir()))
 
 
+def chat_template_problem(name: str) -> str | None:
+    """Why a `data.chat_template` value cannot be used, or None: 'model', a bundled name or a .jinja file."""
+    if name == "model" or name in BUNDLED_TEMPLATES:
+        return None
+    if Path(name).suffix != ".jinja":
+        return f"unknown template {name!r}; use 'model', one of {sorted(BUNDLED_TEMPLATES)} or a .jinja file"
+    return _local_path_problem("data.chat_template.file", name)
+
+
 def _local_path_problem(key: str, value: str) -> str | None:
     """Why a value that names something on disk cannot be used, or None."""
     if key == "data.chat_template":
-        if value == "model" or value in BUNDLED_TEMPLATES:
-            return None
-        if Path(value).suffix != ".jinja":
-            return f"unknown template {value!r}; use 'model', one of {sorted(BUNDLED_TEMPLATES)} or a .jinja file"
-    elif not looks_like_local_path(value):
+        return chat_template_problem(value)
+    if not looks_like_local_path(value):
         return None  # a hub id: checked when it is downloaded
     path = Path(value).expanduser()
     if not path.exists():

@@ -29,10 +29,6 @@ def _link(root: Path, page: Path, label: str) -> str | None:
     return f'<a href="{page.as_posix()}">{label}</a>' if (root / page).is_file() else None
 
 
-def _cell(value, spec: str = ".4f") -> str:
-    return "-" if value is None or value != value else format(value, spec)  # NaN != NaN
-
-
 def _failed_page(root: Path, name: str) -> str:
     pages = (_link(root, Path("html") / name / f"{stage}.failed.html", f"{stage}.failed") for stage in ("train", "evaluate"))
     return next((p for p in pages if p), "")
@@ -57,6 +53,7 @@ def landing_page(output_root: str | Path, report) -> Path:
     from nbconvert import HTMLExporter
 
     from lab2.comparison import group_of
+    from lab2.report import format_number
 
     root = Path(output_root)
     runs_of: dict[str, list[str]] = {}
@@ -70,8 +67,8 @@ def landing_page(output_root: str | Path, report) -> Path:
             links.append(f"{name}: " + " · ".join(p for p in pages if p))
         std = "" if row["val_loss_std"] != row["val_loss_std"] else f" ± {row['val_loss_std']:.4f}"
         rows.append(f"<tr><td>{row['group']}</td><td>{int(row['seeds'])}</td><td>{row['val_loss']:.4f}{std}</td>"
-                    f"<td>{row['verdict']} ({row['val_loss_vs_base_pct']:+.2f} %)</td><td>{_cell(row['test_loss'])}</td>"
-                    f"<td>{_cell(row['bleu'], '.2f')}</td><td>{_cell(row['rouge_l'], '.3f')}</td><td>{_cell(row['time_s'], '.1f')}</td>"
+                    f"<td>{row['verdict']} ({row['val_loss_vs_base_pct']:+.2f} %)</td><td>{format_number(row['test_loss'])}</td>"
+                    f"<td>{format_number(row['bleu'], '.2f')}</td><td>{format_number(row['rouge_l'], '.3f')}</td><td>{format_number(row['time_s'], '.1f')}</td>"
                     f"<td>{'<br>'.join(links)}</td></tr>")
     table = ("<table><thead><tr><th>group</th><th>seeds</th><th>val loss ± std</th><th>vs baseline</th><th>test loss</th>"
              "<th>BLEU</th><th>ROUGE-L</th><th>train s</th><th>runs: executed pages</th></tr></thead><tbody>"
@@ -83,7 +80,7 @@ def landing_page(output_root: str | Path, report) -> Path:
         "## Experiments, best first\n\n" + table,
     ]
     if report.base_model:
-        cells.append("Base model (adapter off, same split): " + ", ".join(f"{k} {_cell(v)}" for k, v in report.base_model.items()))
+        cells.append("Base model (adapter off, same split): " + ", ".join(f"{k} {format_number(v)}" for k, v in report.base_model.items()))
     figures = sorted((root / "report_figures").glob("*.png"))
     if figures:
         cells.append("## Figures\n\n" + "\n\n".join(f"![{p.stem.replace('_', ' ')}]({p.relative_to(root).as_posix()})" for p in figures))

@@ -14,23 +14,21 @@ from pathlib import Path
 import torch
 
 from lab2.backend import resolve_backend, resolve_dtype
-from lab2.config import BUNDLED_TEMPLATES, ConfigError, ExperimentConfig, ModelSection
+from lab2.config import BUNDLED_TEMPLATES, ConfigError, ExperimentConfig, ModelSection, chat_template_problem
 
 PAD_TOKEN = "<|finetune_right_pad_id|>"  # Llama 3 reserves it; padding with eos would mask real eos labels
 
 
 def resolve_chat_template(name: str) -> str | None:
     """'model' keeps the tokenizer's own template; else a bundled name or a .jinja file."""
+    problem = chat_template_problem(name)  # the same check `validate` makes
+    if problem:
+        raise ConfigError(f"data.chat_template: {problem}")
     if name == "model":
         return None
     if name in BUNDLED_TEMPLATES:
         return resources.files("lab2.chat_templates").joinpath(BUNDLED_TEMPLATES[name]).read_text()
-    path = Path(name)
-    if path.suffix == ".jinja" and path.is_file():
-        return path.read_text()
-    raise ValueError(
-        f"data.chat_template: unknown template {name!r}; use 'model', one of {sorted(BUNDLED_TEMPLATES)} or a .jinja file"
-    )
+    return Path(name).expanduser().read_text()
 
 
 def load_tokenizer(model_name: str, chat_template: str = "model"):

@@ -63,11 +63,12 @@ def findings(ranked: pd.DataFrame, effects: dict[str, pd.DataFrame], baseline: s
         if row["group"] != baseline:
             lines.append(f"{row['group']}: validation loss {row['val_loss_vs_base_pct']:+.2f} % vs baseline, {row['verdict']}.")
     best = ranked.iloc[0]
-    lines.append(f"Best configuration: {best['group']} (validation loss {best['val_loss']:.4f}, test loss {_fmt(best['test_loss'])}).")
+    lines.append(f"Best configuration: {best['group']} (validation loss {best['val_loss']:.4f}, test loss {format_number(best['test_loss'])}).")
     return lines
 
 
-def _fmt(value, spec: str = ".4f") -> str:
+def format_number(value, spec: str = ".4f") -> str:
+    """A number for a table: "-" for None or NaN."""
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
 
 
@@ -98,7 +99,7 @@ def markdown_table(frame: pd.DataFrame, columns: list[str], formats: dict[str, s
         cells = []
         for col in columns:
             value = row.get(col)
-            cells.append(_fmt(value, formats[col]) if col in formats else ("-" if value is None else str(value)))
+            cells.append(format_number(value, formats[col]) if col in formats else ("-" if value is None else str(value)))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -117,7 +118,7 @@ def write_markdown(path: Path, ranked: pd.DataFrame, others: pd.DataFrame, base_
              "## Findings", "", *[f"- {line}" for line in lines], "",
              "## Experiments (best first)", "", markdown_table(ranked, TABLE_COLUMNS, TABLE_FORMATS), ""]
     if base_row:
-        parts += ["Base model (adapter off, same split): " + ", ".join(f"{k} {_fmt(v)}" for k, v in base_row.items()), ""]
+        parts += ["Base model (adapter off, same split): " + ", ".join(f"{k} {format_number(v)}" for k, v in base_row.items()), ""]
     if not others.empty:
         parts += ["## Not ranked: evaluated on a different split", "",
                   "These runs' evaluation-split fingerprint differs from the baseline's, so their losses are not comparable.", "",
