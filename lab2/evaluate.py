@@ -79,7 +79,9 @@ def _left_padding(tokenizer):
 
 
 def stop_token_ids(tokenizer) -> list[int]:
-    ids = {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|eot_id|>")}
+    from lab2.modeling import end_of_turn_token
+
+    ids = {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(end_of_turn_token(tokenizer))}
     return sorted(i for i in ids if isinstance(i, int) and i >= 0 and i != tokenizer.unk_token_id)
 
 

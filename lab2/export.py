@@ -27,15 +27,6 @@ from lab2.config import ConfigError, ExperimentConfig
 
 QUANT_TYPES = {"q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M", "q5_k_m": "LLAMA_FTYPE_MOSTLY_Q5_K_M"}
 FORMATS = ("f16", *QUANT_TYPES)
-# llama.cpp's Ollama-style Llama 3 template; the stop token is what training ends replies with.
-OLLAMA_TEMPLATE = """{{ if .System }}<|start_header_id|>system<|end_header_id|>
-
-{{ .System }}<|eot_id|>{{ end }}{{ if .Prompt }}<|start_header_id|>user<|end_header_id|>
-
-{{ .Prompt }}<|eot_id|>{{ end }}<|start_header_id|>assistant<|end_header_id|>
-
-{{ .Response }}<|eot_id|>"""
-
 
 # --------------------------------------------------------------------------- which experiment
 
@@ -62,19 +53,19 @@ def choose_experiment(output_root: str | Path, experiment: str | None = None) ->
 
 
 def merge_adapter(cfg: ExperimentConfig, adapter_dir: Path, out_dir: Path) -> Path:
-    """Base + adapter merged in 16 bit, saved with the chat template and eos = <|eot_id|>."""
+    """Base + adapter merged in 16 bit, saved with the chat template; generation ends at the template's
+    end-of-turn token (<|eot_id|> for Llama 3, <|im_end|> for ChatML)."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from lab2.modeling import load_tokenizer
+    from lab2.modeling import end_of_turn_token, load_tokenizer
 
     tokenizer = load_tokenizer(cfg.model.name, cfg.data.chat_template)
     # Always the 16-bit base, whatever precision training used (a 4-bit base cannot be merged exactly).
     base = AutoModelForCausalLM.from_pretrained(cfg.model.name, dtype=torch.float16, low_cpu_mem_usage=True)
     merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
-    eot = tokenizer.convert_tokens_to_ids("<|eot_id|>")
-    merged.generation_config.eos_token_id = eot if eot is not None else tokenizer.eos_token_id
+    merged.generation_config.eos_token_id = tokenizer.convert_tokens_to_ids(end_of_turn_token(tokenizer))
     merged.generation_config.pad_token_id = tokenizer.pad_token_id
     merged.save_pretrained(out_dir, max_shard_size="2GB")
     tokenizer.save_pretrained(out_dir)
@@ -121,9 +112,27 @@ def quantize(in_file: Path, out_file: Path, fmt: str, threads: int | None = None
     return _run_child(code, [str(in_file), str(out_file)])
 
 
-def write_modelfile(gguf_dir: Path, gguf_name: str, system_prompt: str | None = None) -> Path:
-    """An Ollama Modelfile beside the GGUF: the Llama 3 template and its stop token."""
-    lines = [f"FROM ./{gguf_name}", f'TEMPLATE """{OLLAMA_TEMPLATE}"""', 'PARAMETER stop "<|eot_id|>"', "PARAMETER temperature 0.7"]
+def ollama_template(tokenizer) -> str:
+    """The model's own chat template as an Ollama Go template: rendered by the HF tokenizer with
+    placeholders for the system prompt and the user turn, so ChatML, Llama 3 or any other template
+    (its default system prompt included) comes out as the model was trained on it. Ollama adds BOS."""
+    from lab2.modeling import end_of_turn_token
+
+    def render(messages: list[dict]) -> str:
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return text.removeprefix(tokenizer.bos_token or "")
+
+    with_system = render([{"role": "system", "content": "{{ .System }}"}, {"role": "user", "content": "{{ .Prompt }}"}])
+    without = render([{"role": "user", "content": "{{ .Prompt }}"}])
+    return f"{{{{ if .System }}}}{with_system}{{{{ else }}}}{without}{{{{ end }}}}{{{{ .Response }}}}{end_of_turn_token(tokenizer)}"
+
+
+def write_modelfile(gguf_dir: Path, gguf_name: str, tokenizer, system_prompt: str | None = None) -> Path:
+    """An Ollama Modelfile beside the GGUF: the model's template and its end-of-turn stop token."""
+    from lab2.modeling import end_of_turn_token
+
+    lines = [f"FROM ./{gguf_name}", f'TEMPLATE """{ollama_template(tokenizer)}"""',
+             f'PARAMETER stop "{end_of_turn_token(tokenizer)}"', "PARAMETER temperature 0.7"]
     if system_prompt:
         lines.append(f'SYSTEM """{system_prompt}"""')
     path = gguf_dir / "Modelfile"
@@ -199,7 +208,7 @@ def check_gguf(path: Path, tokenizer, test_dataset, prompts: list[str], max_toke
         "perplexity": math.exp(loss),
         "perplexity_vs_hf_pct": 100 * (math.exp(loss - hf_loss) - 1),
         "samples": greedy_answers(llm, prompts, max_tokens),
-        "generation_tokens_per_second": generation_speed(llm, tokenizer.convert_tokens_to_ids("<|eot_id|>")),
+        "generation_tokens_per_second": generation_speed(llm, llm.token_eos()),
     }
     del llm
     return result
@@ -259,7 +268,7 @@ def export_experiment(exp_dir: Path, formats: list[str], num_perplexity_samples:
         check["fidelity_limit_pct"] = limit
         check["fidelity_ok"] = None if limit is None else check["perplexity_vs_hf_pct"] <= limit
     preferred = "q4_k_m" if "q4_k_m" in files else formats[-1]
-    write_modelfile(gguf_dir, files[preferred].name)
+    write_modelfile(gguf_dir, files[preferred].name, tokenizer)
 
     export = {
         "formats": checks,

@@ -41,12 +41,16 @@ def formatter(llm, add_generation_prompt: bool = True):
     """The formatter llama-cpp-python builds for the embedded template (same class, same arguments)."""
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-    def text(token_id: int) -> str:
-        return llm._model.token_get_text(token_id) if token_id != -1 else ""
-
-    return Jinja2ChatFormatter(template=llm.metadata["tokenizer.chat_template"], eos_token=text(llm.token_eos()),
-                               bos_token=text(llm.token_bos()), add_generation_prompt=add_generation_prompt,
+    bos = llm._model.token_get_text(llm.token_bos()) if llm.token_bos() != -1 else ""
+    return Jinja2ChatFormatter(template=llm.metadata["tokenizer.chat_template"], eos_token=end_of_turn(llm) if llm.token_eos() != -1 else "",
+                               bos_token=bos, add_generation_prompt=add_generation_prompt,
                                stop_token_ids=[llm.token_eos()])
+
+
+def end_of_turn(llm) -> str:
+    """The GGUF's eos token as text: the export writes the template's end-of-turn token there
+    (<|eot_id|>, <|im_end|>), and replies stop at it."""
+    return llm._model.token_get_text(llm.token_eos())
 
 
 def render_prompt(llm, messages: list[dict], add_generation_prompt: bool = True) -> str:

