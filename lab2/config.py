@@ -180,15 +180,23 @@ class ExperimentConfig(_Section):
         The eval section is left out, so new prompts re-evaluate without retraining."""
         data = {k: v for k, v in self.to_dict().items() if k != "eval"}
         data["train"] = {k: v for k, v in data["train"].items() if k not in ("checkpoint_dir", "checkpoint_hub_repo")}
-        return _hash(data)
+        return stable_hash(data)
 
     @property
     def eval_hash(self) -> str:
         """Identity of an evaluation: the trained run plus the eval settings."""
-        return _hash({"config_hash": self.config_hash, "eval": self.to_dict()["eval"]})
+        return stable_hash({"config_hash": self.config_hash, "eval": self.to_dict()["eval"]})
 
 
-def _hash(data: dict) -> str:
+    @property
+    def base_eval_hash(self) -> str:
+        """Identity of the base model's evaluation (adapter off): the model, the data and the eval
+        settings. Experiments that share it share one base evaluation (lab2.evaluate reuses it)."""
+        plain = self.to_dict()
+        return stable_hash({"model": plain["model"], "data": plain["data"], "eval": {k: v for k, v in plain["eval"].items() if k != "compare_base"}})
+
+
+def stable_hash(data: dict) -> str:
     canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
@@ -339,9 +347,8 @@ def check_local_paths(cfg: ExperimentConfig, layers: list[tuple[Path, dict]]) ->
             raise ConfigError(f"{owner}: {key}: {problem}")
 
 
-def load_config(path: str | Path, overrides: dict | None = None) -> ExperimentConfig:
-    """Read an experiment file with its bases, apply overrides, validate."""
-    path = Path(path)
+def merged_layers(path: Path, overrides: dict | None = None) -> tuple[dict, list[tuple[Path, dict]]]:
+    """An experiment file merged over its bases and overrides, not yet validated; and the layers."""
     layers = [(p, read_yaml(p)) for p in [*base_chain(path), path]]
     if overrides:
         layers.append((Path("<overrides>"), overrides))
@@ -349,6 +356,13 @@ def load_config(path: str | Path, overrides: dict | None = None) -> ExperimentCo
     for _, data in layers:
         merged = deep_merge(merged, data)
     merged.setdefault("experiment", path.stem)
+    return merged, layers
+
+
+def load_config(path: str | Path, overrides: dict | None = None) -> ExperimentConfig:
+    """Read an experiment file with its bases, apply overrides, validate."""
+    path = Path(path)
+    merged, layers = merged_layers(path, overrides)
     try:
         cfg = ExperimentConfig.model_validate(merged)
     except ValidationError as exc:

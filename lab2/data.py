@@ -2,7 +2,8 @@
 
 1. `load_rows`: the hub (FineTome-100k by default) or a local jsonl/json/parquet file.
 2. `to_messages`: ShareGPT, OpenAI and Alpaca rows become one `[{role, content}]`
-   form; malformed rows are dropped and counted by reason.
+   form; malformed rows are dropped and counted by reason. A row's `answer` (its last
+   reply's one right answer) rides on that reply as `answer`, for exact-match scoring.
 3. `split_conversations`: a seeded, deterministic train/validation/test split.
 4. `tokenize_conversation`: the chat template is applied once (one BOS), and
    labels are -100 everywhere except the assistant's replies.
@@ -105,6 +106,10 @@ def to_messages(row: dict, fmt: str) -> tuple[list[dict] | None, str | None]:
         return None, "no assistant reply"
     if roles[0] != "user":
         return None, "conversation does not start with the user"
+    if isinstance(row.get("answer"), str) and row["answer"].strip():
+        # The last reply's one right answer, for exact-match scoring; chat templates never read it.
+        last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+        messages[last]["answer"] = row["answer"].strip()
     return messages, None
 
 

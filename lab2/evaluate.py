@@ -5,6 +5,8 @@
 - `generate_replies`: batched greedy generation with left padding.
 - `reference_scores`: BLEU (sacrebleu) and ROUGE-L F1 (rouge-score) of generated
   replies against the test conversations' last reply.
+- `exact_match`: on the test conversations whose last reply has one right answer (the data's
+  `answer`), the share of generated replies that state it.
 - `evaluate_model`: all of the above for one model; with a peft model,
   `with model.disable_adapter()` gives the base model under the same code.
 """
@@ -12,6 +14,7 @@
 from __future__ import annotations
 
 import math
+import re
 import time
 from contextlib import contextmanager
 
@@ -127,10 +130,31 @@ def reference_scores(predictions: list[str], references: list[str]) -> dict:
     }
 
 
+def states_answer(reply: str, answer: str) -> bool:
+    """Whether the reply states the answer exactly: the same words or digits in the same order,
+    case-insensitive, not as part of a longer word or number ('42' is not in '420' or '4.2')."""
+    words = lambda text: re.findall(r"-?\w+", text.lower())  # noqa: E731 - numbers keep their sign
+    reply_words, answer_words = words(reply), words(answer)
+    n = len(answer_words)
+    return n > 0 and any(reply_words[i : i + n] == answer_words for i in range(len(reply_words) - n + 1))
+
+
+def exact_match(replies: list[str], answers: list[str | None]) -> dict:
+    """Accuracy over the replies whose conversation has an answer key; None when none has."""
+    scored = [states_answer(reply, answer) for reply, answer in zip(replies, answers) if answer]
+    return {"exact_match": sum(scored) / len(scored) if scored else None, "exact_match_items": len(scored)}
+
+
 def prompt_and_reference(conversation: list[dict]) -> tuple[list[dict], str]:
     """Everything before the last assistant reply, and that reply."""
     last = max(i for i, m in enumerate(conversation) if m["role"] == "assistant")
     return conversation[:last], conversation[last]["content"]
+
+
+def answer_key(conversation: list[dict]) -> str | None:
+    """The last reply's one right answer, where the data gives it (lab2.data carries it)."""
+    last = max(i for i, m in enumerate(conversation) if m["role"] == "assistant")
+    return conversation[last].get("answer")
 
 
 def evaluate_model(model, tokenizer, splits, eval_cfg) -> dict:
@@ -138,7 +162,9 @@ def evaluate_model(model, tokenizer, splits, eval_cfg) -> dict:
     start = time.perf_counter()
     val = response_loss(model, splits.validation, tokenizer.pad_token_id, eval_cfg.batch_size)
     test = response_loss(model, splits.test, tokenizer.pad_token_id, eval_cfg.batch_size)
-    pairs = [prompt_and_reference(c) for c in splits.conversations["test"][: eval_cfg.num_reference_samples]]
+    scored = splits.conversations["test"][: eval_cfg.num_reference_samples]
+    pairs = [prompt_and_reference(c) for c in scored]
+    answers = [answer_key(c) for c in scored]
     generated = generate_replies(model, tokenizer, [p for p, _ in pairs], eval_cfg.max_new_tokens, eval_cfg.batch_size)
     samples_out = generate_replies(
         model, tokenizer, [[{"role": "user", "content": p}] for p in eval_cfg.prompts], eval_cfg.max_new_tokens, eval_cfg.batch_size
@@ -150,8 +176,12 @@ def evaluate_model(model, tokenizer, splits, eval_cfg) -> dict:
         "val_tokens": val["tokens"],
         "test_tokens": test["tokens"],
         **reference_scores(generated, [r for _, r in pairs]),
+        **exact_match(generated, answers),
         "num_reference_samples": len(pairs),
-        "references": [{"prompt": p[-1]["content"], "reference": r, "output": g} for (p, r), g in zip(pairs, generated)],
+        "references": [
+            {"prompt": p[-1]["content"], "reference": r, "output": g, **({"answer": a, "correct": states_answer(g, a)} if a else {})}
+            for (p, r), g, a in zip(pairs, generated, answers)
+        ],
         "samples": [{"prompt": p, "output": o} for p, o in zip(eval_cfg.prompts, samples_out)],
         "eval_seconds": time.perf_counter() - start,
     }
@@ -171,15 +201,37 @@ def check_split_matches_training(exp_dir, splits) -> None:
         )
 
 
-def evaluate_experiment(model, tokenizer, splits, cfg) -> dict:
-    """The `eval` section of metrics.json: the fine-tuned model, and the base under `base`."""
+def base_evaluation_in(output_root, key: str) -> dict | None:
+    """A base-model evaluation with this key that another experiment in OUT already made."""
+    from pathlib import Path
+
     from lab2 import runs
+
+    for metrics_file in sorted(Path(output_root).glob(f"*/{runs.METRICS_FILE}")):
+        base = ((runs.read_metrics(metrics_file.parent) or {}).get("eval") or {}).get("base") or {}
+        if base.get("base_key") == key and not base.get("reused_from"):
+            return {**base, "reused_from": metrics_file.parent.name, "eval_seconds": 0.0}
+    return None
+
+
+def evaluate_experiment(model, tokenizer, splits, cfg, output_root=None) -> dict:
+    """The `eval` section of metrics.json: the fine-tuned model, and the base under `base`.
+
+    The base model's evaluation depends only on the model, the data and the eval settings, not on
+    the adapter: with `output_root`, one that a sibling experiment already made is reused (marked
+    `reused_from`), so a sweep evaluates the base once rather than once per experiment."""
+    from lab2 import runs
+    from lab2.config import stable_hash
 
     runs.reset_peak_memory()  # evaluation's own peak, not training's from the same kernel
     results = evaluate_model(model, tokenizer, splits, cfg.eval)
     if cfg.eval.compare_base:
-        with model.disable_adapter():
-            results["base"] = evaluate_model(model, tokenizer, splits, cfg.eval)
+        key = stable_hash({"base_eval_hash": cfg.base_eval_hash, "split_fingerprint": splits.stats["fingerprint"]})
+        results["base"] = base_evaluation_in(output_root, key) if output_root is not None else None
+        if results["base"] is None:
+            with model.disable_adapter():
+                results["base"] = evaluate_model(model, tokenizer, splits, cfg.eval)
+            results["base"]["base_key"] = key
     results.update(
         eval_hash=cfg.eval_hash,
         split_fingerprint=splits.stats["fingerprint"],
@@ -202,7 +254,7 @@ def sample_answers(results: dict) -> str:
 
 def comparison_table(results: dict) -> str:
     """Fine-tuned against base, as a small text table."""
-    keys = ["val_loss", "test_loss", "perplexity", "bleu", "rouge_l"]
+    keys = ["val_loss", "test_loss", "perplexity", "bleu", "rouge_l"] + (["exact_match"] if results.get("exact_match") is not None else [])
     base = results.get("base")
     lines = [f"{'metric':<12}{'fine-tuned':>12}" + (f"{'base':>12}{'change':>10}" if base else "")]
     for key in keys:

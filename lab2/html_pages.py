@@ -53,7 +53,7 @@ def landing_page(output_root: str | Path, report) -> Path:
     from nbconvert import HTMLExporter
 
     from lab2.comparison import group_of
-    from lab2.report import format_number
+    from lab2.report import base_model_line, format_number
 
     root = Path(output_root)
     runs_of: dict[str, list[str]] = {}
@@ -68,10 +68,11 @@ def landing_page(output_root: str | Path, report) -> Path:
         std = "" if row["val_loss_std"] != row["val_loss_std"] else f" ± {row['val_loss_std']:.4f}"
         rows.append(f"<tr><td>{row['group']}</td><td>{int(row['seeds'])}</td><td>{row['val_loss']:.4f}{std}</td>"
                     f"<td>{row['verdict']} ({row['val_loss_vs_base_pct']:+.2f} %)</td><td>{format_number(row['test_loss'])}</td>"
-                    f"<td>{format_number(row['bleu'], '.2f')}</td><td>{format_number(row['rouge_l'], '.3f')}</td><td>{format_number(row['time_s'], '.1f')}</td>"
+                    f"<td>{format_number(row['bleu'], '.2f')}</td><td>{format_number(row['rouge_l'], '.3f')}</td>"
+                    f"<td>{format_number(row['exact_match'], '.1%')}</td><td>{format_number(row['time_s'], '.1f')}</td>"
                     f"<td>{'<br>'.join(links)}</td></tr>")
     table = ("<table><thead><tr><th>group</th><th>seeds</th><th>val loss ± std</th><th>vs baseline</th><th>test loss</th>"
-             "<th>BLEU</th><th>ROUGE-L</th><th>train s</th><th>runs: executed pages</th></tr></thead><tbody>"
+             "<th>BLEU</th><th>ROUGE-L</th><th>exact match</th><th>train s</th><th>runs: executed pages</th></tr></thead><tbody>"
              + "".join(rows) + "</tbody></table>")
     cells = [
         "# lab2 experiments\n\nRanked on held-out validation loss (mean over seeds where repeated); training loss is "
@@ -80,7 +81,10 @@ def landing_page(output_root: str | Path, report) -> Path:
         "## Experiments, best first\n\n" + table,
     ]
     if report.base_model:
-        cells.append("Base model (adapter off, same split): " + ", ".join(f"{k} {format_number(v)}" for k, v in report.base_model.items()))
+        cells.append(base_model_line(report.base_model))
+    if not report.sample_answers.empty:
+        cells.append(f"## Sample answers: {report.best_run['experiment']} against the base model\n\n"
+                     + report.sample_answers.to_html(index=False, escape=True))
     figures = sorted((root / "report_figures").glob("*.png"))
     if figures:
         cells.append("## Figures\n\n" + "\n\n".join(f"![{p.stem.replace('_', ' ')}]({p.relative_to(root).as_posix()})" for p in figures))

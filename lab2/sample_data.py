@@ -3,7 +3,9 @@
 Synthetic ShareGPT rows in FineTome's shape (`conversations`, `source`, `score`):
 answers follow fixed patterns, so even a tiny model's loss falls visibly; lengths
 vary from one line to a few paragraphs, some conversations have several turns and
-some a system prompt that changes the style of the answer. `python -m lab2
+some a system prompt that changes the style of the answer. Rows whose last reply has one
+right answer (arithmetic, capitals, spelling backwards, unit conversion, sorting) carry it
+as `answer`: evaluation scores exact-match accuracy on them. `python -m lab2
 sample-data` rewrites the file; a test checks the shipped file matches.
 """
 
@@ -72,9 +74,9 @@ SYSTEM_STYLES = {
 def _arithmetic(rng: random.Random) -> list[tuple[str, str]]:
     a, b = rng.randint(2, 99), rng.randint(2, 99)
     op, sym, result = rng.choice([("plus", "+", a + b), ("minus", "-", a - b), ("times", "*", a * b)])
-    turns = [(f"What is {a} {op} {b}?", f"{a} {op} {b} is {result}.")]
+    turns = [(f"What is {a} {op} {b}?", f"{a} {op} {b} is {result}.", str(result))]
     if rng.random() < 0.4:  # a follow-up turn that depends on the first answer
-        turns.append(("And what is that doubled?", f"{result} doubled is {2 * result}."))
+        turns.append(("And what is that doubled?", f"{result} doubled is {2 * result}.", str(2 * result)))
     return turns
 
 
@@ -82,35 +84,35 @@ def _capital(rng: random.Random) -> list[tuple[str, str]]:
     countries = rng.sample(sorted(CAPITALS), k=rng.choice([1, 1, 2, 3]))
     turns = []
     for country in countries:
-        turns.append((f"What is the capital of {country}?", f"The capital of {country} is {CAPITALS[country]}."))
+        turns.append((f"What is the capital of {country}?", f"The capital of {country} is {CAPITALS[country]}.", CAPITALS[country]))
     return turns
 
 
 def _reverse(rng: random.Random) -> list[tuple[str, str]]:
     word = rng.choice(WORDS)
-    return [(f"Spell the word '{word}' backwards.", f"'{word}' spelled backwards is '{word[::-1]}'.")]
+    return [(f"Spell the word '{word}' backwards.", f"'{word}' spelled backwards is '{word[::-1]}'.", word[::-1])]
 
 
 def _convert(rng: random.Random) -> list[tuple[str, str]]:
     big, small, factor = rng.choice(UNITS)
     n = rng.randint(1, 12)
-    return [(f"How many {small} are in {n} {big}?", f"There are {n * factor} {small} in {n} {big}.")]
+    return [(f"How many {small} are in {n} {big}?", f"There are {n * factor} {small} in {n} {big}.", str(n * factor))]
 
 
 def _sort(rng: random.Random) -> list[tuple[str, str]]:
     numbers = rng.sample(range(1, 100), k=rng.randint(3, 9))
     listed = ", ".join(map(str, numbers))
     ordered = ", ".join(map(str, sorted(numbers)))
-    return [(f"Sort these numbers from smallest to largest: {listed}.", f"From smallest to largest: {ordered}.")]
+    return [(f"Sort these numbers from smallest to largest: {listed}.", f"From smallest to largest: {ordered}.", ordered)]
 
 
 def _explain(rng: random.Random) -> list[tuple[str, str]]:
     concept = rng.choice(sorted(CONCEPTS))
     n = rng.randint(1, 5)
     sentences = " ".join(CONCEPTS[concept][:n])
-    turns = [(f"Explain {concept} in {n} sentence{'s' if n > 1 else ''}.", sentences)]
+    turns = [(f"Explain {concept} in {n} sentence{'s' if n > 1 else ''}.", sentences, None)]
     if rng.random() < 0.3:
-        turns.append(("Summarise that in a few words.", CONCEPTS[concept][0]))
+        turns.append(("Summarise that in a few words.", CONCEPTS[concept][0], None))
     return turns
 
 
@@ -120,7 +122,7 @@ def _long_report(rng: random.Random) -> list[tuple[str, str]]:
     rng.shuffle(countries)
     lines = [f"{i + 1}. The capital of {c} is {CAPITALS[c]}." for i, c in enumerate(countries)]
     body = "\n".join(lines * 3)
-    return [("List every capital you know, three times over, numbered.", body)]
+    return [("List every capital you know, three times over, numbered.", body, None)]
 
 
 TASKS = [(_arithmetic, 6), (_capital, 5), (_reverse, 4), (_convert, 4), (_sort, 3), (_explain, 5), (_long_report, 0.15)]
@@ -138,11 +140,15 @@ def generate(n: int = 400, seed: int = 2223) -> list[dict]:
         if rng.random() < 0.2:
             style = rng.choice(sorted(SYSTEM_STYLES))
             conversation.append({"from": "system", "value": style})
-        for question, answer in turns:
+        for question, answer, key in turns:
             if style is not None:
                 answer = SYSTEM_STYLES[style](answer)
+            assert key is None or key in answer, (key, answer)
             conversation += [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]
-        rows.append({"conversations": conversation, "source": f"lab2-synthetic/{maker.__name__[1:]}", "score": 5.0})
+        row = {"conversations": conversation, "source": f"lab2-synthetic/{maker.__name__[1:]}", "score": 5.0}
+        if key is not None:  # the last reply's one right answer
+            row["answer"] = key
+        rows.append(row)
     return rows
 
 

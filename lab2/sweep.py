@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lab2 import runs
-from lab2.config import ConfigError, deep_merge, experiment_files, load_config
+from lab2.config import ConfigError, deep_merge, experiment_files, load_config, merged_layers
 from lab2.notebook_runner import REPO_ROOT, experiment_kernel, portable_path, reset_kernel_namespace, run_notebook
 
 STAGES = (("train", REPO_ROOT / "notebooks" / "train.ipynb"), ("evaluate", REPO_ROOT / "notebooks" / "evaluate.ipynb"))
@@ -173,6 +173,15 @@ def select_shard(plan: list, shard: str | None) -> list:
     return plan[k - 1 :: n]
 
 
+def build_missing_models(files: list[Path], overrides: dict | None = None) -> None:
+    """The offline models the sweep names (tiny Llama, SmolLM2), built once, before any run needs them."""
+    from lab2 import local_models
+
+    names = {str((merged_layers(f, overrides)[0].get("model") or {}).get("name", "")) for f in files}
+    for name in sorted(names):
+        local_models.build_if_missing(name)
+
+
 def run_locally(plan: list[tuple[Path, dict]], out_root: Path) -> list[Outcome]:
     """The default executor: one run after another, in this process's kernels."""
     outcomes = []
@@ -197,6 +206,7 @@ def run_sweep(sweep: str | Path, out_root: str | Path = "outputs", overrides: di
     if not files:
         raise ConfigError(f"{sweep}: no experiment params files (*.yaml other than base.yaml)")
     out_root = Path(out_root)
+    build_missing_models(files, overrides)
     plan = select_shard(plan_runs(files, overrides), shard)
     sweep_start = time.perf_counter()
     name = getattr(execute, "__name__", None) or getattr(getattr(execute, "func", None), "__name__", "executor")

@@ -1,3 +1,4 @@
+import json
 import math
 
 import pytest
@@ -13,6 +14,7 @@ from lab2.evaluate import (
     response_loss,
 )
 from lab2.modeling import attach_lora, load_base_model
+from tests.conftest import SAMPLE_DATA
 
 TWO_CONVERSATIONS = [
     [{"role": "user", "content": "What is 2 plus 2?"}, {"role": "assistant", "content": "2 plus 2 is 4."}],
@@ -115,3 +117,52 @@ def test_peak_memory_restarts_after_a_reset():
     runs.reset_peak_memory()
     after = runs.peak_memory_mb()
     assert before - after > 300, (before, after)
+
+
+def test_exact_match_needs_the_whole_answer_in_order():
+    from lab2.evaluate import exact_match, states_answer
+
+    assert states_answer("12 plus 30 is 42.", "42")
+    assert not states_answer("12 + 30 = 420.", "42") and not states_answer("It is 4.2", "42")  # no partial numbers
+    assert states_answer("The capital is new delhi!", "New Delhi")
+    assert states_answer("From smallest to largest: 3, 29, 35.", "3, 29, 35")
+    assert not states_answer("From smallest to largest: 29, 3, 35.", "3, 29, 35")  # the same numbers, wrong order
+    assert states_answer("12 minus 27 is -15.", "-15") and not states_answer("12 minus 27 is 15.", "-15")
+    assert exact_match(["42", "no", "x"], ["42", "7", None]) == {"exact_match": 0.5, "exact_match_items": 2}
+    assert exact_match(["42"], [None]) == {"exact_match": None, "exact_match_items": 0}  # no answer key: no score
+
+
+def test_answer_keys_ride_from_the_data_to_exact_match():
+    """The shipped rows' `answer` reaches evaluation; rows without one are not scored."""
+    from lab2 import data
+
+    rows = [json.loads(line) for line in SAMPLE_DATA.read_text().splitlines()]
+    conversations, _ = data.normalise(rows)
+    keyed = [c for c in conversations if any("answer" in m for m in c)]
+    assert len(keyed) == sum("answer" in r for r in rows) > 100
+    row = next(r for r in rows if "answer" in r)
+    last_reply = [m for m in data.to_messages(row, "auto")[0] if m["role"] == "assistant"][-1]
+    assert last_reply["answer"] == row["answer"] and row["answer"] in last_reply["content"]
+
+
+def test_the_base_model_is_evaluated_once_per_sweep(lora_model, tokenizer, tmp_path):
+    """A second experiment on the same model, data and eval settings reuses the first one's base
+    evaluation; a change to the eval settings evaluates the base again."""
+    from datasets import Dataset
+
+    from lab2 import runs
+    from lab2.data import Splits
+
+    examples = [tokenize_conversation(c, tokenizer, 512) for c in TWO_CONVERSATIONS]
+    dataset = Dataset.from_list([{k: e[k] for k in ("input_ids", "labels")} for e in examples])
+    splits = Splits(dataset, dataset, dataset, {"test": TWO_CONVERSATIONS}, {"fingerprint": "f"})
+    eval_section = {"prompts": ["Hi"], "num_reference_samples": 2, "max_new_tokens": 4}
+    first = evaluate_experiment(lora_model, tokenizer, splits, ExperimentConfig(experiment="a", eval=eval_section), tmp_path)
+    assert "reused_from" not in first["base"] and first["base"]["eval_seconds"] > 0
+    runs.write_json_atomic(tmp_path / "a" / runs.METRICS_FILE, {"experiment": "a", "eval": first})
+    other_lora = ExperimentConfig(experiment="b", lora={"r": 32}, eval=eval_section)
+    second = evaluate_experiment(lora_model, tokenizer, splits, other_lora, tmp_path)
+    assert second["base"]["reused_from"] == "a" and second["base"]["eval_seconds"] == 0.0
+    assert second["base"]["test_loss"] == first["base"]["test_loss"]
+    longer = ExperimentConfig(experiment="c", eval={**eval_section, "max_new_tokens": 6})
+    assert "reused_from" not in evaluate_experiment(lora_model, tokenizer, splits, longer, tmp_path)["base"]

@@ -16,6 +16,13 @@ def test_tiny_model_is_an_ordinary_hf_folder(tiny_model_dir, tokenizer):
     assert rendered.endswith("<|start_header_id|>assistant<|end_header_id|>\n\n")
 
 
+def test_end_of_turn_and_pad_come_from_the_tokenizer_not_a_hard_coded_family(tokenizer):
+    from lab2.modeling import end_of_turn_token, pad_token_for
+
+    assert end_of_turn_token(tokenizer) == "<|eot_id|>"
+    assert pad_token_for(tokenizer) == "<|finetune_right_pad_id|>" != tokenizer.eos_token
+
+
 def test_lora_trains_adapters_only(tiny_model_dir):
     cfg = ExperimentConfig(experiment="m", model={"name": str(tiny_model_dir), "dtype": "float32"}, lora={"r": 4, "alpha": 8})
     model = load_trainable_model(cfg)

@@ -20,8 +20,12 @@ def _run(out, name, val_loss, group=None, seed=3407, fingerprint="split-A", **co
                   "training_time_seconds": cfg["train"]["max_steps"] * 1.0, "tokens_per_second": 100.0, "peak_memory_mb": 1000.0,
                   "history": [{"step": 1, "loss": 2.0}], "eval_history": [{"step": 1, "eval_loss": val_loss}]},
         "eval": {"val_loss": val_loss, "test_loss": val_loss + 0.01, "perplexity": math.exp(val_loss + 0.01), "bleu": 1.0,
-                 "rouge_l": 0.1, "split_fingerprint": fingerprint,
-                 "base": {"val_loss": 3.0, "test_loss": 3.1, "perplexity": math.exp(3.1), "bleu": 0.0, "rouge_l": 0.0}},
+                 "rouge_l": 0.1, "exact_match": 1.0 - val_loss / 4, "exact_match_items": 20, "split_fingerprint": fingerprint,
+                 "samples": [{"prompt": "What is the capital of France?", "output": f"Paris ({name})"}],
+                 "references": [{"prompt": "What is 2 plus 3?", "reference": "2 plus 3 is 5.", "output": "2 plus 3 is 5.", "answer": "5", "correct": True}],
+                 "base": {"val_loss": 3.0, "test_loss": 3.1, "perplexity": math.exp(3.1), "bleu": 0.0, "rouge_l": 0.0, "exact_match": 0.1,
+                          "samples": [{"prompt": "What is the capital of France?", "output": "It is Paris."}],
+                          "references": [{"prompt": "What is 2 plus 3?", "reference": "2 plus 3 is 5.", "output": "2 + 3 = 6", "answer": "5", "correct": False}]}},
     }
     runs.write_json_atomic(out / name / "metrics.json", metrics)
 
@@ -119,3 +123,22 @@ def test_make_report_executes_the_notebook_and_writes_html(outputs, tmp_path, ca
     assert "Best configuration: steps_240" in landing and 'src="report_figures/loss_curves.png"' in landing
     assert "<strong>broken</strong>: failed: NaN" in landing
     assert (sweep / "exp_best_combination.yaml").read_text().startswith("# lab2: generated")
+
+
+def test_fine_tuned_against_base_with_exact_match_and_sample_answers(outputs):
+    rep = Report(outputs)
+    against_base = [line for line in rep.findings if line.startswith("Fine-tuning against the base model")]
+    # baseline 2.00 against the base's 3.00: -33.3 %, which is 50 seed sigmas (0.02)
+    assert against_base == ["Fine-tuning against the base model (adapter off, same split): validation loss 3.0000 -> 2.0000 "
+                            "for the baseline (-33.3 %, 50 x the seed sigma)."]
+    accuracy = next(line for line in rep.findings if line.startswith("Exact-match accuracy"))
+    assert accuracy == ("Exact-match accuracy on the 20 one-answer test conversations: base model 10%, baseline 50%, "
+                        "best configuration (steps_240) 56%.")
+    samples = rep.sample_answers
+    assert rep.best_run["experiment"] == "steps_240"
+    assert samples.iloc[0].to_dict() == {"question": "What is the capital of France?", "right answer": "",
+                                         "fine-tuned": "Paris (steps_240)", "base": "It is Paris."}
+    assert samples.iloc[1]["fine-tuned"] == "2 plus 3 is 5. [right]" and samples.iloc[1]["base"] == "2 + 3 = 6 [wrong]"
+    md = write_report(rep, outputs, None).read_text()
+    assert "## Sample answers: steps_240 against the base model" in md and "| 2 + 3 = 6 [wrong] |" in md
+    assert "exact_match 10.0%" in md  # the base model's line, as a percentage
