@@ -3,7 +3,9 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 SWEEP  ?= params/demo
-OUT    ?= outputs
+# The demo writes to outputs/; any other sweep to outputs/<its folder name>, so two sweeps never share
+# experiment names (both have a `baseline`). `make report/export/app SWEEP=...` find it the same way.
+OUT    ?= $(if $(filter params/demo params/demo/,$(SWEEP)),outputs,outputs/$(notdir $(patsubst %/,%,$(SWEEP))))
 TINY   := models/tiny-llama
 SMOL   := models/smollm2-135m-instruct
 

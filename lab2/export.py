@@ -115,12 +115,16 @@ def quantize(in_file: Path, out_file: Path, fmt: str, threads: int | None = None
 def ollama_template(tokenizer) -> str:
     """The model's own chat template as an Ollama Go template: rendered by the HF tokenizer with
     placeholders for the system prompt and the user turn, so ChatML, Llama 3 or any other template
-    (its default system prompt included) comes out as the model was trained on it. Ollama adds BOS."""
+    (its default system prompt included) comes out as the model was trained on it."""
     from lab2.modeling import end_of_turn_token
+
+    # Where the tokenizer adds BOS itself (Llama 3), so does llama.cpp: the template's own BOS would be a
+    # second one. ChatML's bos_token is <|im_start|>, which opens every turn: it stays.
+    adds_bos = tokenizer("x")["input_ids"][:1] == [tokenizer.bos_token_id]
 
     def render(messages: list[dict]) -> str:
         text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return text.removeprefix(tokenizer.bos_token or "")
+        return text.removeprefix(tokenizer.bos_token) if adds_bos and tokenizer.bos_token else text
 
     with_system = render([{"role": "system", "content": "{{ .System }}"}, {"role": "user", "content": "{{ .Prompt }}"}])
     without = render([{"role": "user", "content": "{{ .Prompt }}"}])

@@ -67,12 +67,36 @@ def write_hf_folder(gguf_path: Path, out_dir: Path) -> Path:
     tokenizer.model_max_length = config.max_position_embeddings
     tokenizer.clean_up_tokenization_spaces = False  # a BPE tokenizer: the cleanup would strip spaces before punctuation
     config.pad_token_id = tokenizer.pad_token_id
+    restore_byte_level_bpe(tokenizer, gguf_path)
     model.generation_config = GenerationConfig(
         bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id
     )
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return out_dir
+
+
+def restore_byte_level_bpe(tokenizer, gguf_path: Path) -> None:
+    """Give a GPT-2-style (byte-level BPE) GGUF vocabulary its HF form back.
+
+    transformers 5.17 rebuilds it with SentencePiece traits (byte fallback, a "▁" decoder) and without
+    SmolLM's digit splitting. Token ids come out the same, but llama.cpp's converter reads byte
+    fallback as a SentencePiece vocabulary and writes a GGUF whose tokenizer aborts at load
+    (`unordered_map::at`). The GGUF's own `tokenizer.ggml.model` and `.pre` say what it really is."""
+    from gguf import GGUFReader
+    from tokenizers import decoders, pre_tokenizers
+
+    fields = GGUFReader(str(gguf_path)).fields
+    text = lambda key: fields[key].contents() if key in fields else None  # noqa: E731
+    if text("tokenizer.ggml.model") != "gpt2":
+        return
+    backend = tokenizer.backend_tokenizer
+    backend.model.byte_fallback = False
+    backend.decoder = decoders.ByteLevel()
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    # llama.cpp's "smollm" pre-tokenizer splits digits one by one, as SmolLM's own tokenizer.json does.
+    backend.pre_tokenizer = (pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+                             if text("tokenizer.ggml.pre") == "smollm" else byte_level)
 
 
 def build_smollm2(out_dir: str | Path = SMOLLM2_DIR) -> Path:

@@ -55,6 +55,16 @@ def stage_done(stage: str, exp_dir: Path, cfg) -> bool:
     return stage == "train" or (runs.read_metrics(exp_dir).get("eval") or {}).get("eval_hash") == cfg.eval_hash
 
 
+def stage_missing_reason(stage: str, exp_dir: Path, cfg) -> str:
+    metrics = runs.read_metrics(exp_dir) or {}
+    if metrics.get("error"):
+        return metrics["error"]
+    recorded = metrics.get("config_hash") if stage == "train" else (metrics.get("eval") or {}).get("eval_hash")
+    if recorded:  # the notebook read the params file again, and it had changed since the sweep started
+        return f"{stage}.ipynb ran with other params than the sweep planned (was the params file edited meanwhile?)"
+    return f"{stage}.ipynb ended without its results"
+
+
 def run_experiment(
     params_file: Path, out_root: Path, overrides: dict | None = None, show_cells: bool = False,
     shared_kernel: bool = True,
@@ -82,7 +92,7 @@ def run_experiment(
                     reset_kernel_namespace(km)
                     run_notebook(notebook, executed, parameters, show_cells, km)
                     if not stage_done(stage, exp_dir, cfg):  # an older run's file must not pass for this one
-                        raise RuntimeError((runs.read_metrics(exp_dir) or {}).get("error") or f"{stage}.ipynb ended without its results")
+                        raise RuntimeError(stage_missing_reason(stage, exp_dir, cfg))
                 except Exception:
                     if executed.exists():  # keep the failed notebook for its post-mortem; a re-run starts afresh
                         executed.replace(exp_dir / f"{stage}.failed.ipynb")

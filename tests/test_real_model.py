@@ -122,7 +122,8 @@ def test_real_weights_export_faithfully_in_chatml(exported):
                            f"({c['perplexity_vs_hf_pct']:+.2f} % vs the merged HF model's {export['hf_perplexity']:.3f})"
                            for fmt, c in formats.items()))
     modelfile = (exported / "gguf" / "Modelfile").read_text()
-    assert 'PARAMETER stop "<|im_end|>"' in modelfile and "<|im_start|>assistant\n{{ .Response }}<|im_end|>" in modelfile
+    assert 'PARAMETER stop "<|im_end|>"' in modelfile and 'TEMPLATE """{{ if .System }}<|im_start|>system\n{{ .System }}<|im_end|>' in modelfile
+    assert "<|im_start|>assistant\n{{ end }}{{ .Response }}<|im_end|>" in modelfile
     assert "<|eot_id|>" not in modelfile and "SmolLM" in modelfile  # the model's default system prompt, as trained
     assert json.loads((exported / "merged" / "generation_config.json").read_text())["eos_token_id"] == 2
 
