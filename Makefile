@@ -20,8 +20,9 @@ SHARD ?=
 .PHONY: setup real-model sweep report export app bench bench-gpu test colab-rehearsal validate clean
 
 # Installs come in stages (lab2/install.py, the same code the Colab notebook runs), every version
-# from constraints.txt. `make sweep` needs only the first; the others come on first use.
-setup: $(VENV)/.installed $(TINY)/config.json
+# from constraints.txt. `make sweep` needs only the first; the others come on first use. The models
+# a sweep names (models/tiny-llama, models/smollm2-135m-instruct) are built by the sweep itself, once.
+setup: $(VENV)/.installed
 
 # torch first, from the local CPU wheel: any other torch spec pulls multi-GB CUDA builds.
 # Then the training stage: lab2 and what a run needs to reach metrics.json. Nothing compiles.
@@ -78,7 +79,7 @@ app: setup $(VENV)/.export
 	LAB2_GGUF="$(or $(GGUF),$(shell $(PY) -c "from lab2.export import choose_experiment as c; e = c('$(OUT)'); print(f'$(OUT)/{e}/gguf/{e}.q4_k_m.gguf')"))" $(PY) app.py --host 127.0.0.1
 
 # Speed and memory figures, side by side; about 5 minutes on 2 cores (4 min 35 s measured). Writes bench/results/ and docs/benchmarks.md.
-bench: setup $(VENV)/.test $(SMOL)/config.json
+bench: setup $(VENV)/.test $(TINY)/config.json $(SMOL)/config.json
 	$(PY) bench/train_throughput.py
 	$(PY) bench/train_throughput.py --params params/smol/baseline.yaml --out bench/results/train_throughput_smol.json
 	$(PY) bench/fixed_cost.py
@@ -94,7 +95,7 @@ bench-gpu: setup
 	$(PY) bench/summarize.py
 
 # The Colab notebook in a bare venv through its own install cell, on CPU with the tiny model.
-colab-rehearsal: setup
+colab-rehearsal: setup $(TINY)/config.json
 	$(PY) -m lab2.colab_rehearsal
 
 validate: $(VENV)/.installed

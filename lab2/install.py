@@ -142,8 +142,9 @@ def install_stage(stage: str, repo: str | Path = REPO_ROOT, python: str = sys.ex
     try:
         seconds = install(stage, repo, python, quiet)
     except StageFailed as exc:
+        then = "run this cell again, or export on a machine with a C++ compiler (`make export`)" if stage == "export" else "run it again"
         print(f"lab2: the {stage} stage failed (pip install {exc}). Everything installed and written before it is "
-              f"intact; run this cell again, or export on a machine with a C++ compiler (`make export`).", flush=True)
+              f"intact; {then}.", flush=True)
         return False
     print(f"lab2: {stage} stage installed in {seconds:.0f} s", flush=True)
     return True
