@@ -19,7 +19,8 @@ def rows() -> list[tuple[str, str, str, str, str]]:
         if t := load(name):
             ref, ours = t["reference"], t["lab2"]
             out += [
-                (f"training: useful tokens/s ({label}; on CPU both sides use the model's own loss, so this is padding-free batches alone)",
+                (f"training: useful tokens/s ({label}; CPU: lab2's padding-free batches and LM head on reply tokens only, "
+                 "against stock TRL with the model's own loss)",
                  f"{ours['useful_tokens_per_second']:.1f}", f"{ref['useful_tokens_per_second']:.1f}", f"{t['useful_tokens_per_second_ratio']:.2f}x", t["machine"]),
                 (f"training: padding fraction ({label})", f"{100 * ours['padding_fraction']:.1f} %", f"{100 * ref['padding_fraction']:.1f} %", "-", t["machine"]),
                 (f"training: validation loss after the same {t['optimizer_steps']} steps ({label})", f"{ours['val_loss']:.4f}", f"{ref['val_loss']:.4f}",

@@ -1,9 +1,9 @@
 """Training throughput: lab2 against the usual recipe, side by side in one run.
 
 The reference does what Unsloth's Llama-3.2 conversational notebook does with TRL: SFTTrainer
-with its defaults, packing off, batch 2, gradient accumulation 4, DataCollatorForSeq2Seq. On CPU both
-sides use the model's own loss (TRL 1.15's is a Triton kernel with no CPU path), so there the ratio
-is what padding-free batches alone buy.
+with its defaults, packing off, batch 2, gradient accumulation 4, DataCollatorForSeq2Seq. On CPU the
+reference uses the model's own loss (TRL 1.15's is a Triton kernel with no CPU path), and lab2 its
+padding-free batches and the LM head on reply tokens only (`train.reply_token_loss`).
 Both get the same model, the same reply-masked examples, step count and seed. Reported for
 each: useful tokens/s (neither padding nor masked), padding fraction, and validation loss
 measured afterwards by the same code. Writes bench/results/train_throughput.json.
@@ -86,7 +86,7 @@ def lab2_run(cfg, tokenizer, splits, out_root: Path) -> tuple[dict, object]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default="params/demo/baseline.yaml")
+    parser.add_argument("--params", default="params/demo/baseline.yaml", help="params/smol/baseline.yaml: the real model")
     parser.add_argument("--steps", type=int, default=8, help="optimizer steps (x 8 examples each)")
     parser.add_argument("--out", default="bench/results/train_throughput.json")
     args = parser.parse_args()

@@ -88,6 +88,28 @@ def non_finite_loss_guard():
     return StopOnNonFiniteLoss()
 
 
+def reply_token_loss(model, inputs: dict, num_items_in_batch=None) -> torch.Tensor:
+    """The model's own causal-LM loss, with the LM head applied only where a label is.
+
+    Replies are a small share of a conversation's tokens (about a fifth in the shipped data, under
+    ChatML's default system prompt), and a (positions x vocabulary) logits tensor and its softmax are
+    a large share of a small model's step on CPU. Same sum of token NLLs, divided by the same count
+    (`num_items_in_batch` across gradient accumulation, else the batch's labels): the same loss and
+    gradients (tests/test_train.py checks both against the model's own)."""
+    import torch.nn.functional as F
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    labels = inputs["labels"]
+    forward = {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask", "position_ids")}
+    hidden = base.get_decoder()(**forward, use_cache=False).last_hidden_state
+    targets = labels[:, 1:]
+    keep = targets != IGNORE_INDEX
+    logits = base.get_output_embeddings()(hidden[:, :-1][keep])
+    nll = F.cross_entropy(logits.float(), targets[keep], reduction="sum")
+    count = num_items_in_batch if num_items_in_batch is not None else keep.sum()
+    return nll / count
+
+
 def measured_trainer_class():
     """lab2's trainer over the `trl.SFTTrainer` of this moment (Unsloth's, once unsloth is imported)."""
     import trl
@@ -119,10 +141,11 @@ def _measured_subclass(sft_trainer: type) -> type:
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if torch.cuda.is_available():  # TRL's (or Unsloth's) fused loss: no (batch x length x vocab) logits
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            # On CPU that tiled head costs about twice the plain forward (bench/results); the model's
-            # own loss is the same quantity (summed token NLL / num_items_in_batch), minus TRL's extra metrics.
-            # No KV cache: with one, transformers stops reading packed position_ids as separate sequences.
-            return Trainer.compute_loss(self, model, {**inputs, "use_cache": False}, return_outputs, num_items_in_batch)
+            # On CPU that tiled head is a Triton kernel with no CPU path. No KV cache: with one,
+            # transformers stops reading packed position_ids as separate sequences.
+            if return_outputs or not model.training:  # evaluation wants the model's outputs: its own loss
+                return Trainer.compute_loss(self, model, {**inputs, "use_cache": False}, return_outputs, num_items_in_batch)
+            return reply_token_loss(model, inputs, num_items_in_batch)
 
         def evaluate(self, *args, **kwargs):
             start = time.perf_counter()

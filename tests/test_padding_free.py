@@ -52,3 +52,32 @@ def test_packed_batch_loss_equals_its_sequences_alone(tiny_model_dir, tokenizer)
     assert packed_count == alone_count
     assert packed_nll / packed_count == pytest.approx(alone_nll / alone_count, rel=1e-5)
     assert abs(leaky_nll - alone_nll) / alone_nll > 1e-4  # 10x the tolerance above
+
+
+def test_reply_token_loss_equals_the_models_own_loss_and_gradients(tiny_model_dir, tokenizer):
+    """lab2's CPU training loss applies the LM head only at labelled positions: same value, same gradients."""
+    from lab2.train import reply_token_loss
+
+    cfg = ExperimentConfig(experiment="p", model={"name": str(tiny_model_dir), "dtype": "float32"}, lora={"r": 4, "alpha": 8})
+    model = load_trainable_model(cfg).train()
+    with torch.no_grad():  # non-zero adapters, so that lora_A gets a gradient too
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.3)
+    examples = [{k: v for k, v in tokenize_conversation(c, tokenizer, 512).items() if k != "truncated"} for c in CONVERSATIONS]
+    batch = DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id, padding_free=True)(examples)
+    items = int((batch["labels"] != -100).sum()) + 7  # as across gradient accumulation: more items than this batch has
+
+    def loss_and_grads(compute):
+        model.zero_grad()
+        loss = compute()
+        loss.backward()
+        return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    own_loss, own_grads = loss_and_grads(lambda: model(**batch, use_cache=False, num_items_in_batch=items).loss)
+    ours_loss, ours_grads = loss_and_grads(lambda: reply_token_loss(model, batch, items))
+    assert ours_loss == pytest.approx(own_loss, rel=1e-5)
+    assert own_grads.keys() == ours_grads.keys() and any(g.abs().sum() > 0 for g in own_grads.values())
+    for name, grad in own_grads.items():
+        torch.testing.assert_close(ours_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+    assert reply_token_loss(model, batch).item() == pytest.approx(model(**batch, use_cache=False).loss.item(), rel=1e-5)
