@@ -164,5 +164,9 @@ def test_the_base_model_is_evaluated_once_per_sweep(lora_model, tokenizer, tmp_p
     second = evaluate_experiment(lora_model, tokenizer, splits, other_lora, tmp_path)
     assert second["base"]["reused_from"] == "a" and second["base"]["eval_seconds"] == 0.0
     assert second["base"]["test_loss"] == first["base"]["test_loss"]
+    # Another eval setting, model or data is another base evaluation; LoRA and training settings are not.
     longer = ExperimentConfig(experiment="c", eval={**eval_section, "max_new_tokens": 6})
-    assert "reused_from" not in evaluate_experiment(lora_model, tokenizer, splits, longer, tmp_path)["base"]
+    other_data = ExperimentConfig(experiment="d", data={"val_size": 3}, eval=eval_section)
+    same = ExperimentConfig(experiment="e", train={"learning_rate": 1e-3, "seed": 5}, eval=eval_section)
+    assert len({cfg.base_eval_hash for cfg in (longer, other_data, other_lora)}) == 3
+    assert same.base_eval_hash == other_lora.base_eval_hash

@@ -97,13 +97,13 @@ def exported(smol_dir, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("smol")
     params = root / "smol.yaml"
-    params.write_text(yaml.safe_dump({
-        "model": {"name": str(smol_dir), "max_seq_length": 256, "load_in_4bit": False, "dtype": "float32"},
+    params.write_text(yaml.safe_dump({  # small: a few steps are enough to change the weights that get exported
+        "model": {"name": str(smol_dir), "max_seq_length": 128, "load_in_4bit": False, "dtype": "float32"},
         "lora": {"r": 8, "alpha": 16},
-        "data": {"source": str(SAMPLE_DATA), "subset": None, "val_size": 8, "test_size": 16, "chat_template": "model"},
-        "train": {"max_steps": 6, "learning_rate": 1e-3, "warmup_steps": 1, "batch_size": 4, "gradient_accumulation_steps": 1,
-                  "gradient_checkpointing": False, "eval_steps": 6, "save_steps": 6},
-        "eval": {"prompts": ["What is the capital of France?"], "max_new_tokens": 16},
+        "data": {"source": str(SAMPLE_DATA), "subset": 120, "val_size": 4, "test_size": 8, "chat_template": "model"},
+        "train": {"max_steps": 3, "learning_rate": 1e-3, "warmup_steps": 1, "batch_size": 4, "gradient_accumulation_steps": 1,
+                  "gradient_checkpointing": False, "eval_steps": 3, "save_steps": 3},
+        "eval": {"prompts": ["What is the capital of France?"], "max_new_tokens": 12},
     }))
     run(load_config(params), root)
     export_experiment(root / "smol", ["f16", "q8_0", "q4_k_m"], num_perplexity_samples=8)
