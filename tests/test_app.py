@@ -71,28 +71,34 @@ def test_prompt_is_the_ggufs_own_chat_template(tuned):
     assert "User:" not in text
 
 
-def test_browser_types_a_message_and_sees_the_streamed_reply(served, tmp_path):
+def chat_in_chromium(url: str, message: str, screenshot, timeout: float = 60) -> list[str]:
+    """Type a message into the app in Debian's Chromium; the bot reply's text at each poll while it streams."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1100, "height": 760})
-        page.goto(served, wait_until="domcontentloaded")  # Gradio keeps connections open: never "networkidle"
+        page.goto(url, wait_until="domcontentloaded")  # Gradio keeps connections open: never "networkidle"
         box = page.get_by_role("textbox").first
         box.wait_for(timeout=60_000)
-        box.fill("What is the capital of Sweden?")
+        box.fill(message)
         box.press("Enter")
         bot = page.locator(".message.bot, [data-testid='bot']").last
         bot.wait_for(timeout=60_000)
-        lengths = []
-        deadline = time.time() + 60
+        seen = []
+        deadline = time.time() + timeout
         while time.time() < deadline:  # watch the reply grow as tokens stream in
-            lengths.append(len(bot.inner_text()))
-            if len(lengths) > 20 and len(set(lengths[-20:])) == 1 and lengths[-1] > 0:
+            seen.append(bot.inner_text())
+            if len(seen) > 20 and len(set(seen[-20:])) == 1 and seen[-1]:
                 break  # unchanged for a second: the reply is complete
             time.sleep(0.05)
-        page.screenshot(path=str(tmp_path / "chat.png"), full_page=True)
+        page.screenshot(path=str(screenshot), full_page=True)
         browser.close()
+    return seen
+
+
+def test_browser_types_a_message_and_sees_the_streamed_reply(served, tmp_path):
+    lengths = [len(text) for text in chat_in_chromium(served, "What is the capital of Sweden?", tmp_path / "chat.png")]
     assert lengths[-1] > 0, "no reply appeared"
     # Gradio may show a pending indicator first: the reply is the last run of non-decreasing lengths.
     shown = [n for n in lengths if n > 0]

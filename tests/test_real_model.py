@@ -11,7 +11,6 @@ import json
 import socket
 import subprocess
 import sys
-import time
 from importlib import metadata
 
 import pytest
@@ -20,7 +19,7 @@ import yaml
 from lab2 import install, runs
 from lab2.local_models import SMOLLM2_DIR
 from tests.conftest import REPO, SAMPLE_DATA
-from tests.test_app import CHROMIUM, CHROMIUM_ARGS
+from tests.test_app import chat_in_chromium
 
 SMOL = REPO / SMOLLM2_DIR
 
@@ -129,8 +128,6 @@ def test_real_weights_export_faithfully_in_chatml(exported):
 
 
 def test_the_app_streams_a_right_answer_from_the_fine_tuned_q4_k_m(exported, tmp_path):
-    from playwright.sync_api import sync_playwright
-
     from lab2.app import ChatModel, build_app, load_llm
 
     gguf = exported / "gguf" / "smol.q4_k_m.gguf"
@@ -140,24 +137,7 @@ def test_the_app_streams_a_right_answer_from_the_fine_tuned_q4_k_m(exported, tmp
     app = build_app(ChatModel(load_llm(str(gguf), n_ctx=1024), gguf.name), title="lab2 chat (SmolLM2)", temperature=0.0)
     app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            page = browser.new_page(viewport={"width": 1100, "height": 760})
-            page.goto(f"http://127.0.0.1:{port}", wait_until="domcontentloaded")
-            box = page.get_by_role("textbox").first
-            box.wait_for(timeout=60_000)
-            box.fill("What is the capital of France?")
-            box.press("Enter")
-            bot = page.locator(".message.bot, [data-testid='bot']").last
-            bot.wait_for(timeout=60_000)
-            seen, deadline = [], time.time() + 90
-            while time.time() < deadline:  # until the reply has stopped growing for a second
-                seen.append(bot.inner_text())
-                if len(seen) > 20 and len(set(seen[-20:])) == 1 and "Paris" in seen[-1]:
-                    break
-                time.sleep(0.05)
-            page.screenshot(path=str(tmp_path / "smol_chat.png"), full_page=True)
-            browser.close()
+        seen = chat_in_chromium(f"http://127.0.0.1:{port}", "What is the capital of France?", tmp_path / "smol_chat.png", timeout=90)
     finally:
         app.close()
     reply = seen[-1]
