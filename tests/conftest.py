@@ -2,13 +2,29 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+# One compute thread per process (torch, and the kernels, converters and servers the tests start, which
+# inherit it). `make test` runs two workers on two cores: with each process taking every core, OpenMP's
+# spinning threads fight over them and the suite runs much slower than one thread each.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_DATA = REPO / "data" / "sample_conversations.jsonl"
+
+# The files that take minutes, longest first (measured on 2 cores). `make test` hands whole files to two
+# xdist workers in collection order; starting these first keeps the longest from starting last.
+SLOW_FILES = ["test_sweep.py", "test_real_model.py", "test_reliability.py", "test_colab.py", "test_ray.py",
+              "test_notebook_pages.py", "test_export.py", "test_app.py"]
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(SLOW_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(SLOW_FILES)))  # stable: order within a file kept
 
 
 @pytest.fixture(scope="session")
