@@ -140,9 +140,11 @@ def states_answer(reply: str, answer: str) -> bool:
 
 
 def exact_match(replies: list[str], answers: list[str | None]) -> dict:
-    """Accuracy over the replies whose conversation has an answer key; None when none has."""
-    scored = [states_answer(reply, answer) for reply, answer in zip(replies, answers) if answer]
-    return {"exact_match": sum(scored) / len(scored) if scored else None, "exact_match_items": len(scored)}
+    """Accuracy over the replies whose conversation has an answer key (None when none has), and
+    per reply whether it is right (None where there is no key)."""
+    correct = [states_answer(reply, answer) if answer else None for reply, answer in zip(replies, answers)]
+    scored = [c for c in correct if c is not None]
+    return {"exact_match": sum(scored) / len(scored) if scored else None, "exact_match_items": len(scored), "correct": correct}
 
 
 def prompt_and_reference(conversation: list[dict]) -> tuple[list[dict], str]:
@@ -166,6 +168,7 @@ def evaluate_model(model, tokenizer, splits, eval_cfg) -> dict:
     pairs = [prompt_and_reference(c) for c in scored]
     answers = [answer_key(c) for c in scored]
     generated = generate_replies(model, tokenizer, [p for p, _ in pairs], eval_cfg.max_new_tokens, eval_cfg.batch_size)
+    matched = exact_match(generated, answers)
     samples_out = generate_replies(
         model, tokenizer, [[{"role": "user", "content": p}] for p in eval_cfg.prompts], eval_cfg.max_new_tokens, eval_cfg.batch_size
     )
@@ -176,11 +179,12 @@ def evaluate_model(model, tokenizer, splits, eval_cfg) -> dict:
         "val_tokens": val["tokens"],
         "test_tokens": test["tokens"],
         **reference_scores(generated, [r for _, r in pairs]),
-        **exact_match(generated, answers),
+        "exact_match": matched["exact_match"],
+        "exact_match_items": matched["exact_match_items"],
         "num_reference_samples": len(pairs),
         "references": [
-            {"prompt": p[-1]["content"], "reference": r, "output": g, **({"answer": a, "correct": states_answer(g, a)} if a else {})}
-            for (p, r), g, a in zip(pairs, generated, answers)
+            {"prompt": p[-1]["content"], "reference": r, "output": g, **({"answer": a, "correct": c} if a else {})}
+            for (p, r), g, a, c in zip(pairs, generated, answers, matched["correct"])
         ],
         "samples": [{"prompt": p, "output": o} for p, o in zip(eval_cfg.prompts, samples_out)],
         "eval_seconds": time.perf_counter() - start,

@@ -128,8 +128,8 @@ def test_exact_match_needs_the_whole_answer_in_order():
     assert states_answer("From smallest to largest: 3, 29, 35.", "3, 29, 35")
     assert not states_answer("From smallest to largest: 29, 3, 35.", "3, 29, 35")  # the same numbers, wrong order
     assert states_answer("12 minus 27 is -15.", "-15") and not states_answer("12 minus 27 is 15.", "-15")
-    assert exact_match(["42", "no", "x"], ["42", "7", None]) == {"exact_match": 0.5, "exact_match_items": 2}
-    assert exact_match(["42"], [None]) == {"exact_match": None, "exact_match_items": 0}  # no answer key: no score
+    assert exact_match(["42", "no", "x"], ["42", "7", None]) == {"exact_match": 0.5, "exact_match_items": 2, "correct": [True, False, None]}
+    assert exact_match(["42"], [None]) == {"exact_match": None, "exact_match_items": 0, "correct": [None]}  # no key: no score
 
 
 def test_answer_keys_ride_from_the_data_to_exact_match():
