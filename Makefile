@@ -3,9 +3,9 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 SWEEP  ?= params/demo
-# The demo writes to outputs/; any other sweep to outputs/<its folder name>, so two sweeps never share
-# experiment names (both have a `baseline`). `make report/export/app SWEEP=...` find it the same way.
-OUT    ?= $(if $(filter params/demo params/demo/,$(SWEEP)),outputs,outputs/$(notdir $(patsubst %/,%,$(SWEEP))))
+# Every sweep writes to its own folder, outputs/<its folder name> (outputs/demo for params/demo): sweeps
+# never nest, and `make clean SWEEP=...` removes that one. `make report/export/app SWEEP=...` read it.
+OUT    ?= outputs/$(notdir $(patsubst %/,%,$(SWEEP)))
 TINY   := models/tiny-llama
 SMOL   := models/smollm2-135m-instruct
 
@@ -105,5 +105,6 @@ validate: $(VENV)/.installed
 test: $(VENV)/.test /usr/bin/chromium $(TINY)/config.json $(SMOL)/config.json
 	$(PY) -m pytest -q -n 2 --dist loadfile
 
+# One sweep's results (OUT), never another's: `make clean SWEEP=params/smol` leaves outputs/demo alone.
 clean:
-	rm -rf $(OUT) .pytest_cache
+	rm -rf $(OUT)

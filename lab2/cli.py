@@ -40,19 +40,20 @@ def cmd_sweep(args) -> int:
                                     gpus=args.gpus_per_experiment, copy_back=args.copy_back)
     else:
         execute = sweep.run_locally
-    outcomes = sweep.run_sweep(args.sweep, args.out, execute=execute, shard=args.shard)
+    outcomes = sweep.run_sweep(args.sweep, args.out or sweep.default_out(args.sweep), execute=execute, shard=args.shard)
     return 1 if any(o.status == "failed" for o in outcomes) else 0
 
 
 def cmd_train(args) -> int:
     from lab2 import backend
     from lab2.config import load_config
+    from lab2.sweep import default_out
 
     cfg = load_config(args.params)
     backend.import_backend(cfg.model)  # Unsloth, when it is the backend, before lab2.train brings in trl
     from lab2 import train
 
-    metrics = train.run(cfg, args.out)
+    metrics = train.run(cfg, args.out or default_out(Path(args.params).parent))
     t = metrics["train"]
     print(f"{metrics['experiment']}: {metrics['status']}; {t['total_steps']} steps, final eval loss {t['final_eval_loss']:.4f}")
     return 0
@@ -61,6 +62,9 @@ def cmd_train(args) -> int:
 def cmd_export(args) -> int:
     from lab2.export import FORMATS, choose_experiment
     from lab2.notebook_runner import REPO_ROOT, portable_path, run_notebook
+    from lab2.sweep import default_out
+
+    args.out = args.out or default_out(args.sweep)
 
     bad = [f for f in args.formats if f not in FORMATS]
     if bad or "f16" not in args.formats:
@@ -82,8 +86,9 @@ def cmd_report(args) -> int:
     from lab2 import runs
     from lab2.html_pages import landing_page, notebooks_to_html
     from lab2.notebook_runner import REPO_ROOT, portable_path, run_notebook
+    from lab2.sweep import default_out
 
-    out = Path(args.out)
+    out = Path(args.out or default_out(args.sweep))
     if not any(out.glob(f"*/{runs.METRICS_FILE}")):
         raise ConfigError(f"OUT={out}: no experiments to report on; run `make sweep` first")
     run_notebook(
@@ -132,28 +137,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sweep", help="run train.ipynb once per params file")
     p.add_argument("sweep", nargs="?", default="params/demo", help="folder of params files (default params/demo)")
-    p.add_argument("--out", default="outputs", help="output root (default outputs)")
+    p.add_argument("--out", default=None, help="output root (default outputs/<the sweep folder's name>)")
     p.add_argument("--executor", choices=["local", "ray"], default="local", help="local: one after the other (default)")
     p.add_argument("--ray-address", default=None, help="a Ray cluster (default: start one on this machine)")
     p.add_argument("--cpus-per-experiment", type=float, default=1)
     p.add_argument("--gpus-per-experiment", type=float, default=None, help="default: 1 if the cluster has GPUs, else 0")
     p.add_argument("--copy-back", action="store_true", help="workers do not share OUT: return each experiment's folder")
-    p.add_argument("--shard", default=None, help="K/N: run only every N-th run from the K-th (split a sweep across sessions)")
+    p.add_argument("--shard", default=None, help="K/N: run only the runs whose name falls in shard K of N (split a sweep across sessions; stable when files come and go)")
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("train", help="train one experiment without a notebook (same steps as train.ipynb)")
     p.add_argument("params", help="the experiment's params file")
-    p.add_argument("--out", default="outputs", help="output root (default outputs)")
+    p.add_argument("--out", default=None, help="output root (default outputs/<the sweep folder's name>)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("export", help="merge, convert to GGUF, quantize and check one experiment")
     p.add_argument("--exp", default=None, help="experiment name (default: the report's best configuration, its best seed)")
-    p.add_argument("--out", default="outputs", help="output root (default outputs)")
+    p.add_argument("--out", default=None, help="output root (default outputs/<the sweep folder's name>)")
+    p.add_argument("--sweep", default="params/demo", help="the sweep whose outputs to read (default params/demo)")
     p.add_argument("--formats", nargs="+", default=["f16", "q8_0", "q4_k_m"])
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("report", help="compare the experiments in OUT: markdown, notebook and HTML")
-    p.add_argument("--out", default="outputs", help="output root (default outputs)")
+    p.add_argument("--out", default=None, help="output root (default outputs/<the sweep folder's name>)")
     p.add_argument("--sweep", default="params/demo", help="params folder for exp_best_combination.yaml")
     p.add_argument("--baseline", default="baseline")
     p.set_defaults(func=cmd_report)

@@ -191,13 +191,15 @@ def evaluate_model(model, tokenizer, splits, eval_cfg) -> dict:
     }
 
 
-def check_split_matches_training(exp_dir, splits) -> None:
-    """Refuse to evaluate on other data than the run was validated on."""
+def check_split_matches_training(exp_dir, splits, config_hash: str | None = None) -> None:
+    """Refuse to evaluate on other data than the run was validated on, or another config's run."""
     from lab2 import runs
 
     metrics = runs.read_metrics(exp_dir)
     if not metrics or metrics.get("status") != "complete":
         raise RuntimeError(f"{exp_dir}: no complete training run to evaluate")
+    if config_hash is not None and metrics.get("config_hash") != config_hash:
+        raise RuntimeError(f"{exp_dir}: trained with config {metrics.get('config_hash')}, not this one ({config_hash})")
     trained_on = metrics.get("data", {}).get("fingerprint")
     if trained_on != splits.stats["fingerprint"]:
         raise RuntimeError(
@@ -241,6 +243,27 @@ def evaluate_experiment(model, tokenizer, splits, cfg, output_root=None) -> dict
         split_fingerprint=splits.stats["fingerprint"],
         peak_memory_mb=runs.peak_memory_mb(),
     )
+    return results
+
+
+def evaluate_run(model, tokenizer, splits, cfg, output_root) -> dict:
+    """The evaluation stage of every entry point (evaluate.ipynb, lab2.ipynb): checks that `model` is
+    this config's finished run on this split, evaluates it and records `eval` in metrics.json.
+
+    An evaluation already recorded for the same eval settings and split is kept as it is, so running
+    a notebook again never replaces results with another measurement."""
+    from pathlib import Path
+
+    from lab2 import runs
+
+    exp_dir = Path(output_root) / cfg.experiment
+    check_split_matches_training(exp_dir, splits, cfg.config_hash)
+    recorded = (runs.read_metrics(exp_dir) or {}).get("eval") or {}
+    if recorded.get("eval_hash") == cfg.eval_hash and recorded.get("split_fingerprint") == splits.stats["fingerprint"]:
+        print(f"{cfg.experiment}: already evaluated with these settings ({cfg.eval_hash}); keeping that evaluation")
+        return recorded
+    results = evaluate_experiment(model, tokenizer, splits, cfg, output_root)
+    runs.update_metrics(exp_dir, eval=results)
     return results
 
 

@@ -236,6 +236,11 @@ def export_experiment(exp_dir: Path, formats: list[str], num_perplexity_samples:
     metrics = runs.read_metrics(exp_dir)
     cfg = ExperimentConfig.model_validate(metrics["config"])
     gguf_dir = exp_dir / "gguf"
+    done = (metrics.get("export") or {}).get("formats") or {}
+    if set(formats) <= set(done) and all((gguf_dir / done[fmt]["file"]).is_file() for fmt in formats):
+        # A new training run rewrites metrics.json without `export`, so this is the current adapter's export.
+        print(f"{cfg.experiment}: already exported ({', '.join(formats)}); keeping those files and checks")
+        return metrics["export"]
     gguf_dir.mkdir(exist_ok=True)
     merged_dir = exp_dir / "merged"
     timings = {}

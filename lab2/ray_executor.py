@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from lab2 import runs
-from lab2.sweep import Outcome, describe, run_experiment
+from lab2.sweep import Outcome, describe, run_experiment, run_name
 
 
 def _run_task(params_file: str, out_root: str, overrides: dict, copy_back: bool) -> tuple[Outcome, bytes | None]:
@@ -44,7 +44,7 @@ def run_on_ray(plan: list[tuple[Path, dict]], out_root: Path, address: str | Non
     labels = {}
     for params_file, overrides in plan:
         ref = task.remote(str(params_file.resolve()), str(out_root), overrides, copy_back)
-        labels[ref] = overrides.get("experiment", params_file.stem)
+        labels[ref] = run_name(params_file, overrides)
     pending, outcomes, start = list(labels), {}, time.perf_counter()
     while pending:
         ready, pending = ray.wait(pending, num_returns=1, timeout=poll_seconds)

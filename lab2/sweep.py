@@ -15,6 +15,7 @@ after another, or lab2/ray_executor.py's, chosen by the command line.
 
 from __future__ import annotations
 
+import hashlib
 import sys
 import time
 from collections.abc import Callable
@@ -170,9 +171,20 @@ def plan_runs(files: list[Path], overrides: dict | None = None) -> list[tuple[Pa
     return plan
 
 
+def run_name(params_file: Path, run_overrides: dict) -> str:
+    """A planned run's name: the seed run's experiment name, else its params file's."""
+    return run_overrides.get("experiment", params_file.stem)
+
+
+def shard_of(name: str, n: int) -> int:
+    """The shard (1..N) a run belongs to: a function of its name alone, so adding or removing a params
+    file (`make report` writes exp_best_combination.yaml) moves no other run to another session."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big") % n + 1
+
+
 def select_shard(plan: list, shard: str | None) -> list:
-    """Shard "K/N": every N-th run starting at the K-th, so N sessions (say, Colab notebooks
-    writing to one Drive folder) split a sweep between them without overlap."""
+    """Shard "K/N": the runs whose name hashes to K of N, so N sessions (say, Colab notebooks writing
+    to one Drive folder) split a sweep between them without overlap, whatever files come and go."""
     if not shard:
         return plan
     try:
@@ -180,7 +192,13 @@ def select_shard(plan: list, shard: str | None) -> list:
         assert 1 <= k <= n
     except (ValueError, AssertionError):
         raise ConfigError(f"SHARD={shard}: expected K/N with 1 <= K <= N, e.g. 2/3") from None
-    return plan[k - 1 :: n]
+    return [run for run in plan if shard_of(run_name(*run), n) == k]
+
+
+def default_out(sweep: str | Path) -> Path:
+    """Each sweep's own output folder, outputs/<its params folder's name>: sweeps never nest, and
+    `make clean SWEEP=...` removes one sweep's results only."""
+    return Path("outputs") / Path(sweep).resolve().name
 
 
 def build_missing_models(files: list[Path], overrides: dict | None = None) -> None:
@@ -198,7 +216,7 @@ def run_locally(plan: list[tuple[Path, dict]], out_root: Path) -> list[Outcome]:
     show_cells = sys.stderr.isatty()
     start = time.perf_counter()
     for i, (params_file, run_overrides) in enumerate(plan, 1):
-        label = run_overrides.get("experiment", params_file.stem)
+        label = run_name(params_file, run_overrides)
         print(f"[{i}/{len(plan)}] {label} ... (sweep elapsed {time.perf_counter() - start:.0f} s)", flush=True)
         outcome = run_experiment(params_file, out_root, run_overrides, show_cells)
         outcomes.append(outcome)
@@ -209,13 +227,13 @@ def run_locally(plan: list[tuple[Path, dict]], out_root: Path) -> list[Outcome]:
 Executor = Callable[[list[tuple[Path, dict]], Path], list[Outcome]]
 
 
-def run_sweep(sweep: str | Path, out_root: str | Path = "outputs", overrides: dict | None = None,
+def run_sweep(sweep: str | Path, out_root: str | Path | None = None, overrides: dict | None = None,
               execute: Executor = run_locally, shard: str | None = None) -> list[Outcome]:
     """Plan the runs of a params folder, hand them to `execute`, print the summary table."""
     files = experiment_files([sweep])
     if not files:
         raise ConfigError(f"{sweep}: no experiment params files (*.yaml other than base.yaml)")
-    out_root = Path(out_root)
+    out_root = Path(out_root) if out_root is not None else default_out(sweep)
     build_missing_models(files, overrides)
     plan = select_shard(plan_runs(files, overrides), shard)
     sweep_start = time.perf_counter()

@@ -30,10 +30,15 @@ from lab2.data import IGNORE_INDEX, Splits
 
 CHECKPOINTS = "checkpoints"
 ADAPTER = "adapter"
+RUN_IDENTITY = "lab2_run.json"  # in every checkpoint folder: which run wrote it
 
 
 class NonFiniteLossError(runs.RunFailed):
     pass
+
+
+class ForeignCheckpointError(runs.RunFailed):
+    """A checkpoint written by another configuration (or another split) than this run's."""
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -50,21 +55,82 @@ def latest_checkpoint(checkpoint_dir: str | Path) -> Path | None:
     return best
 
 
-def restore_from_hub(repo_id: str, checkpoint_dir: Path) -> Path | None:
-    """Fetch the Trainer's `last-checkpoint/` from a Hub repo into checkpoint-<step>/."""
+def run_identity(cfg: ExperimentConfig, splits: Splits) -> dict:
+    """What a checkpoint must match to be resumed: the params (config hash) and the data split."""
+    return {"experiment": cfg.experiment, "config_hash": cfg.config_hash, "split_fingerprint": splits.stats["fingerprint"]}
+
+
+def write_run_identity(checkpoint: Path, identity: dict) -> None:
+    runs.write_json_atomic(Path(checkpoint) / RUN_IDENTITY, identity)
+
+
+def identity_mismatch(checkpoint: Path, identity: dict) -> str | None:
+    """None when `checkpoint` was written by this run; else one line saying whose it is."""
+    path = Path(checkpoint) / RUN_IDENTITY
+    if not path.is_file():
+        return f"{checkpoint} records no run identity ({RUN_IDENTITY}: written by an older lab2 or another tool)"
+    import json
+
+    found = json.loads(path.read_text())
+    for key in ("config_hash", "split_fingerprint"):
+        if found.get(key) != identity[key]:
+            return (f"{checkpoint} was written by another run ({key} {found.get(key)} of experiment "
+                    f"{found.get('experiment')!r}; this run's is {identity[key]})")
+    return None
+
+
+def refuse_foreign(checkpoint: Path, identity: dict) -> None:
+    problem = identity_mismatch(checkpoint, identity)
+    if problem:
+        raise ForeignCheckpointError(
+            f"{problem}: not resuming from it. Delete that folder, or give this run its own train.checkpoint_dir or experiment name"
+        )
+
+
+def restore_from_hub(repo_id: str, checkpoint_dir: Path, identity: dict) -> Path | None:
+    """Fetch the Trainer's `last-checkpoint/` from a Hub repo into checkpoint-<step>/, if it is this run's.
+
+    A repo that does not exist yet (the first run) or holds no checkpoint yet gives None."""
     import json
 
     from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import RepositoryNotFoundError
 
     staging = checkpoint_dir / ".hub-download"
-    snapshot_download(repo_id, allow_patterns=["last-checkpoint/*"], local_dir=staging)  # token: HF_TOKEN
-    state = staging / "last-checkpoint" / "trainer_state.json"
-    if not state.is_file():
+    try:
+        snapshot_download(repo_id, allow_patterns=["last-checkpoint/*"], local_dir=staging)  # token: HF_TOKEN
+    except RepositoryNotFoundError:
+        print(f"{repo_id}: no such Hub repo yet; training from the start (the Trainer creates it at the first checkpoint)")
         return None
-    target = checkpoint_dir / f"checkpoint-{json.loads(state.read_text())['global_step']}"
-    (staging / "last-checkpoint").replace(target)
-    shutil.rmtree(staging, ignore_errors=True)
-    return target
+    try:
+        state = staging / "last-checkpoint" / "trainer_state.json"
+        if not state.is_file():
+            return None
+        refuse_foreign(staging / "last-checkpoint", identity)
+        target = checkpoint_dir / f"checkpoint-{json.loads(state.read_text())['global_step']}"
+        (staging / "last-checkpoint").replace(target)
+        return target
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def resume_point(cfg: ExperimentConfig, checkpoint_dir: Path, own_folder: bool, identity: dict) -> Path | None:
+    """The checkpoint this run resumes from (local, else the Hub), checked to be this run's.
+
+    The experiment's own `checkpoints/` folder belongs to it: checkpoints there of other params are
+    discarded (the run is redone, as its changed config hash says). A folder set by
+    `train.checkpoint_dir` (Drive, a shared disk) may hold anything: another run's checkpoint there
+    is refused, never resumed and never deleted."""
+    found = latest_checkpoint(checkpoint_dir)
+    if found is not None and own_folder and identity_mismatch(found, identity):
+        print(f"{cfg.experiment}: params changed since the last run; discarding its checkpoints")
+        shutil.rmtree(checkpoint_dir)
+        found = None
+    if found is not None:
+        refuse_foreign(found, identity)
+    elif cfg.train.checkpoint_hub_repo:
+        found = restore_from_hub(cfg.train.checkpoint_hub_repo, checkpoint_dir, identity)
+    return found
 
 
 # --------------------------------------------------------------------------- trainer
@@ -147,6 +213,13 @@ def _measured_subclass(sft_trainer: type) -> type:
                 return Trainer.compute_loss(self, model, {**inputs, "use_cache": False}, return_outputs, num_items_in_batch)
             return reply_token_loss(model, inputs, num_items_in_batch)
 
+        def _save_checkpoint(self, model, trial):
+            # Written before the Trainer's own files, so that a Hub push of the folder carries it and a
+            # folder without trainer_state.json (a save cut short) is never taken as a checkpoint.
+            folder = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
+            write_run_identity(folder, self.run_identity)
+            return super()._save_checkpoint(model, trial)
+
         def evaluate(self, *args, **kwargs):
             start = time.perf_counter()
             try:
@@ -222,15 +295,10 @@ def train_experiment(cfg: ExperimentConfig, model, tokenizer, splits: Splits, ex
         print(f"{cfg.experiment}: already complete with this config ({cfg.config_hash}); not training again")
         return runs.read_metrics(exp_dir)
 
-    checkpoint_dir = Path(cfg.train.checkpoint_dir) / cfg.experiment if cfg.train.checkpoint_dir else exp_dir / CHECKPOINTS
-    previous = runs.read_metrics(exp_dir)
-    if previous and previous.get("config_hash") != cfg.config_hash and checkpoint_dir.exists():
-        # Checkpoints of other params would resume the wrong run.
-        print(f"{cfg.experiment}: params changed since the last run; discarding its checkpoints")
-        shutil.rmtree(checkpoint_dir)
-    resume_from = latest_checkpoint(checkpoint_dir)
-    if resume_from is None and cfg.train.checkpoint_hub_repo:
-        resume_from = restore_from_hub(cfg.train.checkpoint_hub_repo, checkpoint_dir)
+    own_folder = not cfg.train.checkpoint_dir
+    checkpoint_dir = exp_dir / CHECKPOINTS if own_folder else Path(cfg.train.checkpoint_dir) / cfg.experiment
+    identity = run_identity(cfg, splits)
+    resume_from = resume_point(cfg, checkpoint_dir, own_folder, identity)  # before metrics.json says "running"
     if resume_from is not None:
         warnings.warn(f"{cfg.experiment}: resuming from {resume_from}", stacklevel=2)
 
@@ -256,6 +324,7 @@ def train_experiment(cfg: ExperimentConfig, model, tokenizer, splits: Splits, ex
         processing_class=tokenizer,
         callbacks=[nan_guard],
     )
+    trainer.run_identity = identity
     try:
         output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         if nan_guard.bad_step is not None:
@@ -303,10 +372,26 @@ def train_experiment(cfg: ExperimentConfig, model, tokenizer, splits: Splits, ex
     return record
 
 
+def trained_model(cfg: ExperimentConfig, tokenizer, splits: Splits, exp_dir: str | Path, train_if_needed: bool = True):
+    """(model, metrics) of a run, by the one path every entry point takes (train.ipynb, evaluate.ipynb,
+    lab2.ipynb, `python -m lab2 train`).
+
+    A run that finished with these params: its saved adapter, never a fresh LoRA (a re-run of a notebook
+    must evaluate what was trained). Otherwise a new LoRA, trained now or resumed from its checkpoint;
+    with `train_if_needed=False` (evaluation on its own) that is an error in one line."""
+    exp_dir = Path(exp_dir)
+    if runs.is_complete(exp_dir, cfg.config_hash):
+        print(f"{cfg.experiment}: already complete with this config ({cfg.config_hash}); loading its saved adapter")
+        return modeling.load_trained_model(cfg, exp_dir / ADAPTER), runs.read_metrics(exp_dir)
+    if not train_if_needed:
+        raise runs.RunFailed(f"{exp_dir}: no complete training run with this config ({cfg.config_hash}); train it first")
+    model = modeling.load_trainable_model(cfg)
+    return model, train_experiment(cfg, model, tokenizer, splits, exp_dir)
+
+
 def run(cfg: ExperimentConfig, output_root: str | Path) -> dict:
     """What notebooks/train.ipynb does, in one call: for `python -m lab2 train` and tests."""
     backend.import_backend(cfg.model)  # Unsloth, when it is the backend, before transformers/trl/peft
     tokenizer = modeling.load_tokenizer(cfg.model.name, cfg.data.chat_template)
     splits = data.build_splits(cfg.data, tokenizer, cfg.model.max_seq_length)
-    model = modeling.load_trainable_model(cfg)
-    return train_experiment(cfg, model, tokenizer, splits, Path(output_root) / cfg.experiment)
+    return trained_model(cfg, tokenizer, splits, Path(output_root) / cfg.experiment)[1]
