@@ -9,10 +9,39 @@ class and arguments that llama-cpp-python builds for it, so what is checked is w
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
 EMBEDDED = "chat_template.default"  # llama-cpp-python's name for the GGUF's own template
+
+
+def cpu_has_amx() -> bool:
+    try:
+        return "amx_int8" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def weight_repacking(enabled: bool):
+    """Load models with llama.cpp's weight repacking ("extra buffer types", llama-cli's --no-repack)
+    on or off. llama-cpp-python's `Llama` has no argument for it, so its default model params are
+    adjusted for the duration of the load."""
+    import llama_cpp.llama_cpp as native
+
+    default = native.llama_model_default_params
+
+    def params():
+        p = default()
+        p.use_extra_bufts = enabled
+        return p
+
+    native.llama_model_default_params = params
+    try:
+        yield
+    finally:
+        native.llama_model_default_params = default
 
 
 def load(model: str | Path, n_ctx: int = 2048, n_threads: int | None = None, repo_file: str | None = None, **kwargs):
@@ -21,12 +50,16 @@ def load(model: str | Path, n_ctx: int = 2048, n_threads: int | None = None, rep
     from llama_cpp import Llama
 
     options = dict(n_ctx=n_ctx, n_threads=n_threads or os.cpu_count(), chat_format=EMBEDDED, verbose=False, **kwargs)
-    if repo_file:
-        llm = Llama.from_pretrained(repo_id=str(model), filename=repo_file, **options)
-    else:
-        if not Path(model).is_file():
-            raise FileNotFoundError(f"{model}: no such GGUF file (run `make export` first, or set LAB2_GGUF)")
-        llm = Llama(model_path=str(model), **options)
+    if not repo_file and not Path(model).is_file():
+        raise FileNotFoundError(f"{model}: no such GGUF file (run `make export` first, or set LAB2_GGUF)")
+    # On CPUs with AMX, llama.cpp repacks quantized weights for AMX tiles; with llama-cpp-python 0.3.36
+    # that path segfaults at the first decode (seen on the Xeon machines lab2's CI runs on, for Q8_0 and
+    # Q4_1 GGUFs alike), while the same files run with repacking off.
+    with weight_repacking(not cpu_has_amx()):
+        if repo_file:
+            llm = Llama.from_pretrained(repo_id=str(model), filename=repo_file, **options)
+        else:
+            llm = Llama(model_path=str(model), **options)
     if not uses_embedded_template(llm):
         raise ValueError(f"{model}: the GGUF has no embedded chat template (tokenizer.chat_template)")
     return llm

@@ -216,7 +216,7 @@ def _measured_subclass(sft_trainer: type) -> type:
         def _save_checkpoint(self, model, trial):
             # Written before the Trainer's own files, so that a Hub push of the folder carries it and a
             # folder without trainer_state.json (a save cut short) is never taken as a checkpoint.
-            folder = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
+            folder = Path(self._get_output_dir(trial)) / f"checkpoint-{self.state.global_step}"
             write_run_identity(folder, self.run_identity)
             return super()._save_checkpoint(model, trial)
 

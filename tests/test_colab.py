@@ -18,10 +18,11 @@ def test_lab2_notebook_runs_top_to_bottom_on_cpu(params_tree, tmp_path):
     params = params_tree("colab/tiny.yaml", {"seeds": [1, 2]})  # seeds are ignored: one run here
     out = tmp_path / "outputs"
     executed = tmp_path / "lab2.ipynb"
-    run_notebook(REPO / "notebooks" / "lab2.ipynb", executed, {
+    parameters = {
         "params_path": str(params), "output_root": str(out), "use_drive": False,
         "export_formats": ["f16", "q8_0"], "launch_chat": False, "install_packages": False,
-    }, show_cells=False)
+    }
+    run_notebook(REPO / "notebooks" / "lab2.ipynb", executed, parameters, show_cells=False)
     nbformat.validate(nbformat.read(REPO / "notebooks" / "lab2.ipynb", as_version=4))
     metrics = runs.read_metrics(out / "tiny")
     assert metrics["status"] == "complete" and metrics["config"]["seeds"] is None
@@ -29,6 +30,13 @@ def test_lab2_notebook_runs_top_to_bottom_on_cpu(params_tree, tmp_path):
     assert set(metrics["export"]["formats"]) == {"f16", "q8_0"}
     outputs = "".join(o.get("text", "") for c in nbformat.read(executed, as_version=4).cells for o in c.get("outputs", []))
     assert "backend hf" in outputs and "merged HF model perplexity" in outputs
+
+    # Run again on the same folder, as a student does after a disconnect: the first run's results stay.
+    again = tmp_path / "lab2-again.ipynb"
+    run_notebook(REPO / "notebooks" / "lab2.ipynb", again, parameters, show_cells=False)
+    assert runs.read_metrics(out / "tiny") == metrics  # losses, scores, samples and export checks alike
+    outputs = "".join(o.get("text", "") for c in nbformat.read(again, as_version=4).cells for o in c.get("outputs", []))
+    assert "loading its saved adapter" in outputs and "keeping that evaluation" in outputs and "already exported" in outputs
 
 
 def test_grid_holds_the_reports_values():

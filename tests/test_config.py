@@ -1,6 +1,7 @@
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -105,15 +106,44 @@ def test_shipped_params_are_valid(demo_model):
     assert len(experiment_files([REPO / "params" / "demo"])) >= 4
 
 
-def test_shards_split_a_sweep_without_overlap():
+def test_shards_split_a_sweep_without_overlap_and_do_not_move_when_a_file_is_added():
+    from pathlib import Path
+
     from lab2.sweep import select_shard
 
-    plan = list(range(7))
-    parts = [select_shard(plan, f"{k}/3") for k in (1, 2, 3)]
-    assert parts == [[0, 3, 6], [1, 4], [2, 5]] and sorted(sum(parts, [])) == plan
-    assert select_shard(plan, None) == plan
+    def plan(names):
+        return [(Path(f"params/x/{name}.yaml"), {}) for name in names] + [(Path("params/x/baseline.yaml"), {"experiment": "baseline-seed1"})]
+
+    names = ["baseline", "lr_1e-4", "lr_5e-4", "rank_8", "rank_32", "steps_300"]
+    before = plan(names)
+    parts = [select_shard(before, f"{k}/3") for k in (1, 2, 3)]
+    assert sorted(map(str, sum(parts, []))) == sorted(map(str, before))  # every run in exactly one shard
+    assert sum(map(len, parts)) == len(before)
+    # `make report` writes exp_best_combination.yaml (sorted first by name): no other run changes shard.
+    after = plan(["exp_best_combination", *names])
+    for k in (1, 2, 3):
+        assert [run for run in select_shard(after, f"{k}/3") if run[0].stem != "exp_best_combination"] == parts[k - 1]
+    assert select_shard(before, None) == before
     with pytest.raises(ConfigError, match="SHARD=4/3: expected K/N"):
-        select_shard(plan, "4/3")
+        select_shard(before, "4/3")
+
+
+def test_make_clean_removes_one_sweep_only(tmp_path):
+    for sweep in ("demo", "smol"):
+        (tmp_path / "outputs" / sweep / "baseline").mkdir(parents=True)
+        (tmp_path / "outputs" / sweep / "baseline" / "metrics.json").write_text("{}")
+    subprocess.run(["make", "-s", "-f", str(REPO / "Makefile"), "clean", "SWEEP=params/smol"], cwd=tmp_path, check=True)
+    assert not (tmp_path / "outputs" / "smol").exists()
+    assert (tmp_path / "outputs" / "demo" / "baseline" / "metrics.json").is_file()
+    subprocess.run(["make", "-s", "-f", str(REPO / "Makefile"), "clean"], cwd=tmp_path, check=True)  # the demo's, by default
+    assert not (tmp_path / "outputs" / "demo").exists() and (tmp_path / "outputs").is_dir()
+
+
+def test_every_sweep_writes_to_its_own_folder():
+    from lab2.sweep import default_out
+
+    assert default_out("params/demo") == default_out("params/demo/") == Path("outputs/demo")
+    assert default_out(REPO / "params" / "smol") == Path("outputs/smol")
 
 
 @pytest.mark.parametrize(

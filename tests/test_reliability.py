@@ -97,22 +97,36 @@ def test_cli_train_refuses_bad_input_in_one_line(params_tree, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_resume_point_restored_from_a_hub_repo(tmp_path, monkeypatch):
-    """With no local checkpoint, the Hub repo's last-checkpoint/ becomes checkpoint-<step>/."""
+def test_resume_point_restored_from_a_hub_repo(tmp_path, monkeypatch, capsys):
+    """With no local checkpoint, the Hub repo's last-checkpoint/ becomes checkpoint-<step>/, if it is
+    this run's; a repo that does not exist yet is the first run; another run's checkpoint is refused."""
+    import httpx
     import huggingface_hub
+    from huggingface_hub.errors import RepositoryNotFoundError
 
-    from lab2.train import restore_from_hub
+    from lab2.train import ForeignCheckpointError, restore_from_hub
+
+    identity = {"experiment": "run", "config_hash": "a" * 16, "split_fingerprint": "f" * 16}
+    on_hub = {"someone/run": identity, "someone/other": {**identity, "config_hash": "b" * 16}}
 
     def fake_snapshot_download(repo_id, allow_patterns, local_dir):
-        assert repo_id == "someone/run" and allow_patterns == ["last-checkpoint/*"]
+        assert allow_patterns == ["last-checkpoint/*"]
+        if repo_id not in on_hub:
+            raise RepositoryNotFoundError(f"404 {repo_id}", response=httpx.Response(404, request=httpx.Request("GET", "https://huggingface.co")))
         folder = local_dir / "last-checkpoint"
         folder.mkdir(parents=True)
         (folder / "trainer_state.json").write_text(json.dumps({"global_step": 250}))
         (folder / "adapter_model.safetensors").write_bytes(b"weights")
+        (folder / "lab2_run.json").write_text(json.dumps(on_hub[repo_id]))
         return str(local_dir)
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
-    restored = restore_from_hub("someone/run", tmp_path)
+    assert restore_from_hub("someone/new", tmp_path, identity) is None
+    assert "no such Hub repo yet" in capsys.readouterr().out and not any(tmp_path.iterdir())
+    with pytest.raises(ForeignCheckpointError, match="b{16}.*a{16}"):
+        restore_from_hub("someone/other", tmp_path, identity)
+    assert not any(tmp_path.iterdir())  # the foreign download is not left to be resumed later
+    restored = restore_from_hub("someone/run", tmp_path, identity)
     assert restored == tmp_path / "checkpoint-250"
     assert latest_checkpoint(tmp_path) == restored and (restored / "adapter_model.safetensors").read_bytes() == b"weights"
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint-250"]  # no staging left behind

@@ -6,7 +6,7 @@ from lab2 import runs
 from lab2.config import load_config
 from lab2.data import build_splits
 from lab2.modeling import load_tokenizer, load_trainable_model
-from lab2.train import latest_checkpoint, train_experiment
+from lab2.train import ForeignCheckpointError, latest_checkpoint, run_identity, train_experiment, write_run_identity
 
 
 def _checkpoint(folder, step):
@@ -59,8 +59,51 @@ def test_train_writes_complete_metrics_and_skips_when_done(params_tree, tmp_path
     assert t["padding_fraction"] == 0.0  # padding-free batches (train.padding_free, the default)
     assert (exp_dir / "adapter" / "adapter_model.safetensors").is_file()
     assert latest_checkpoint(exp_dir / "checkpoints").name == "checkpoint-4"
+    for checkpoint in (exp_dir / "checkpoints").glob("checkpoint-*"):  # each says which run wrote it
+        assert json.loads((checkpoint / "lab2_run.json").read_text()) == run_identity(cfg, splits)
 
     capsys.readouterr()
     again = train_experiment(cfg, model, tokenizer, splits, exp_dir)
     assert "already complete" in capsys.readouterr().out
     assert again == on_disk
+
+
+def test_resume_refuses_another_runs_checkpoint_from_a_separate_folder(params_tree, tmp_path):
+    """A Drive-style checkpoint_dir outlives OUT: a changed params file must not resume its checkpoint."""
+    import pytest
+
+    shared = tmp_path / "drive" / "checkpoints"
+    first = load_config(params_tree("s/run.yaml", {"train": {"checkpoint_dir": str(shared)}}))
+    tokenizer = load_tokenizer(first.model.name, first.data.chat_template)
+    splits = build_splits(first.data, tokenizer, first.model.max_seq_length)
+    written = _checkpoint(shared / "run", 2)  # what the first run left there, on another VM
+    write_run_identity(written, run_identity(first, splits))
+
+    changed = load_config(params_tree("s/run.yaml", {"train": {"checkpoint_dir": str(shared), "learning_rate": 1e-3}}))
+    new_out = tmp_path / "new-vm" / "run"
+    with pytest.raises(ForeignCheckpointError) as refused:
+        train_experiment(changed, None, tokenizer, splits, new_out)
+    message = str(refused.value)
+    assert "\n" not in message and first.config_hash in message and changed.config_hash in message
+    assert str(written) in message
+    assert (written / "trainer_state.json").is_file() and not new_out.exists()  # nothing deleted, nothing started
+
+    # The same params resume from it; one without an identity record is refused too.
+    from lab2.train import resume_point
+
+    assert resume_point(first, shared / "run", False, run_identity(first, splits)) == written
+    (written / "lab2_run.json").unlink()
+    with pytest.raises(ForeignCheckpointError, match="records no run identity"):
+        resume_point(first, shared / "run", False, run_identity(first, splits))
+
+
+def test_own_checkpoints_of_changed_params_are_discarded(params_tree, tmp_path, capsys):
+    from lab2.train import resume_point
+
+    cfg = load_config(params_tree("s/run.yaml", {}))
+    tokenizer = load_tokenizer(cfg.model.name, cfg.data.chat_template)
+    splits = build_splits(cfg.data, tokenizer, cfg.model.max_seq_length)
+    own = tmp_path / "out" / "run" / "checkpoints"
+    write_run_identity(_checkpoint(own, 2), {**run_identity(cfg, splits), "config_hash": "0" * 16})
+    assert resume_point(cfg, own, True, run_identity(cfg, splits)) is None
+    assert "params changed" in capsys.readouterr().out and not own.exists()
