@@ -24,13 +24,12 @@ SHARD ?=
 # a sweep names (models/tiny-llama, models/smollm2-135m-instruct) are built by the sweep itself, once.
 setup: $(VENV)/.installed
 
-# torch first, from the local CPU wheel: any other torch spec pulls multi-GB CUDA builds.
-# Then the training stage: lab2 and what a run needs to reach metrics.json. Nothing compiles.
+# By machine (lab2/install.py, `python -m lab2.install setup --dry-run` prints the plan): on a CPU, a
+# venv with the local CPU torch wheel (any other torch spec pulls multi-GB CUDA builds) and the training
+# stage; on a GPU machine, a venv that keeps the machine's CUDA torch, plus the Unsloth stage; on Colab,
+# Colab's own Python and torch with the notebook's install (keep what Colab has). Nothing compiles.
 $(VENV)/.installed: constraints.txt pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m lab2.install training
+	$(PYTHON) -m lab2.install setup --venv $(VENV)
 	touch $@
 
 # GGUF export and the chat app: llama.cpp's converter, and llama-cpp-python, which compiles

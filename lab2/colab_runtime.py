@@ -112,7 +112,7 @@ def _wheel_metadata(url: str) -> str:
 def pypi_metadata(name: str, version: str) -> dict:
     """{requires_dist, requires_python} of one release, from PyPI's PEP 658 metadata; None values when
     PyPI has no such release or no metadata file for it."""
-    public = version.split("+", 1)[0]  # torch 2.11.0+cu128 -> the PyPI release 2.11.0
+    public = version.split("+", 1)[0]
     try:
         listing = json.loads(_get(f"{SIMPLE_INDEX}/{normalize(name)}/", "application/vnd.pypi.simple.v1+json"))
     except OSError:
@@ -139,6 +139,10 @@ def refresh(freeze: Path, source: str, out: Path = PACKAGES_FILE) -> dict:
         name, version = item
         if name in UNPUBLISHED_REQUIREMENTS:
             meta = {"requires_dist": UNPUBLISHED_REQUIREMENTS[name], "requires_python": None}
+        elif "+" in version:
+            # A local build (torch 2.11.0+cu128, from PyTorch's own index): PyPI's release of the same
+            # number is another build with other requirements (other CUDA packages), so none are recorded.
+            meta = {"requires_dist": None, "requires_python": None}
         else:
             meta = pypi_metadata(name, version)
         return name, {"version": version, **meta}
@@ -175,7 +179,7 @@ def remove_metadata(site_packages: Path, name: str) -> None:
     import shutil
 
     for folder in site_packages.glob("*.dist-info"):
-        if normalize(folder.name.rsplit("-", 1)[0]) == normalize(name):
+        if normalize(folder.name.removesuffix(".dist-info").rsplit("-", 1)[0]) == normalize(name):
             shutil.rmtree(folder)
 
 
