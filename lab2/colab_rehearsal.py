@@ -17,6 +17,9 @@ Three checks, each of which fails if the install or the notebook would break Col
    must still be at Colab's version. What differs from Colab: Python 3.11 and the CPU torch 2.13.0
    (Colab's 3.13 + CUDA build cannot be installed here), no GPU (no Unsloth stage), no Drive.
 3. run twice: the same notebook again on the same output folder must leave metrics.json as it was.
+4. setup (seconds): `make setup`'s plan on a GPU-looking machine (an `nvidia-smi` on PATH) keeps the
+   machine's torch and installs the Unsloth stage; on Colab it uses Colab's Python with the
+   notebook's keep-installed install.
 """
 
 from __future__ import annotations
@@ -46,7 +49,8 @@ SOURCE_BUILDS = {
     "llama-cpp-python": "PyPI has no binary wheel: the export stage compiles llama.cpp, with its output shown",
     "rouge-score": "a pure-Python sdist that builds in seconds",
 }
-# Seeded at Colab's versions in the rehearsal kernel: what a Colab kernel runs, and what lab2 uses of it.
+# Seeded at Colab's versions in the rehearsal kernel: what a Colab kernel runs, and what lab2 uses of it
+# (with every other package of lab2's pin set that Colab has, see `seeded_packages`).
 COLAB_SEED = (
     "ipykernel", "ipython", "jupyter-client", "jupyter-core", "tornado", "pyzmq", "traitlets", "numpy", "pandas",
     "pillow", "matplotlib", "pyarrow", "protobuf", "torchao", "transformers", "tokenizers", "huggingface-hub",
@@ -140,11 +144,37 @@ def check_resolution(workdir: Path, keep_installed: bool = True, repo: Path = RE
             "failed": failed, "broken_before": sorted(broken_before)}
 
 
+# --------------------------------------------------------------------------- 4. setup
+
+
+def setup_plans(workdir: Path) -> dict[str, str]:
+    """`python -m lab2.install setup --dry-run` as a GPU machine and as Colab would run it (a stand-in
+    nvidia-smi on PATH; Colab's COLAB_RELEASE_TAG): the plans it prints."""
+    fake = workdir / "gpu-looking-bin"
+    fake.mkdir(parents=True, exist_ok=True)
+    (fake / "nvidia-smi").write_text("#!/bin/sh\necho 'GPU 0: Tesla T4 (stand-in)'\n")
+    (fake / "nvidia-smi").chmod(0o755)
+    path = f"{fake}{os.pathsep}{os.environ.get('PATH', '')}"
+    plans = {}
+    for kind, extra in (("gpu", {}), ("colab", {"COLAB_RELEASE_TAG": "rehearsal"})):
+        plans[kind] = run([sys.executable, "-m", "lab2.install", "setup", "--dry-run", "--venv", workdir / "setup-venv"],
+                          capture_output=True, text=True, cwd=REPO_ROOT, env={**os.environ, "PATH": path, **extra}).stdout
+    return plans
+
+
 # --------------------------------------------------------------------------- 2. kernel
 
 
+def seeded_packages() -> list[str]:
+    """COLAB_SEED and every package of lab2's pin set that Colab has: lab2's whole dependency tree meets
+    Colab's versions there, as on Colab."""
+    colab = colab_runtime.load()["packages"]
+    pins = install.pinned_versions(REPO_ROOT / install.CONSTRAINTS)
+    return sorted(n for n in {*COLAB_SEED, *(set(pins) & set(colab))} if n not in NOT_INSTALLABLE_HERE)
+
+
 def colab_like_kernel(workdir: Path) -> Path:
-    """A venv at Colab's versions of COLAB_SEED, registered as a kernel that starts as Colab's does."""
+    """A venv at Colab's versions of `seeded_packages`, registered as a kernel that starts as Colab's does."""
     colab = colab_runtime.load()["packages"]
     venv = workdir / "kernel-venv"
     run([getattr(sys, "_base_executable", sys.executable), "-m", "venv", venv])
@@ -155,7 +185,7 @@ def colab_like_kernel(workdir: Path) -> Path:
                                    if name not in NOT_INSTALLABLE_HERE and not name.startswith("nvidia-") and meta["version"] != "0"))
     run([python, "-m", "pip", "install", "-q", "--upgrade", "pip"])
     run([python, "-m", "pip", "install", "-q", f"torch=={pins['torch']}"])  # the CPU stand-in for Colab's CUDA build
-    run([python, "-m", "pip", "install", "-q", "-c", constraints, *(f"{n}=={colab[n]['version']}" for n in COLAB_SEED)])
+    run([python, "-m", "pip", "install", "-q", "-c", constraints, *(f"{n}=={colab[n]['version']}" for n in seeded_packages())])
     kernel_dir = workdir / "jupyter" / "share" / "jupyter" / "kernels" / KERNEL
     kernel_dir.mkdir(parents=True)
     ipython_dir = workdir / "ipython"
@@ -216,7 +246,7 @@ def comparable(metrics: dict) -> dict:
 
 
 def rehearse(workdir: str | Path, params_path: str = "params/demo/steps_15.yaml", keep_installed: bool = True,
-             repo: Path = REPO_ROOT, only: tuple[str, ...] = ("resolution", "kernel", "run_twice")) -> dict:
+             repo: Path = REPO_ROOT, only: tuple[str, ...] = ("resolution", "setup", "kernel", "run_twice")) -> dict:
     """Run the checks; returns {timings, checks: {name: bool}, details}."""
     workdir = Path(workdir).resolve()
     if workdir.exists():
@@ -233,11 +263,20 @@ def rehearse(workdir: str | Path, params_path: str = "params/demo/steps_15.yaml"
         checks["resolution: no new broken requirement (pip check)"] = not resolution["new_broken"] and not resolution["failed"]
         checks["resolution: Python 3.13 wheels or named source builds"] = not resolution["not_wheels"]
 
+    if "setup" in only:
+        plans = setup_plans(workdir)
+        details["setup"] = plans
+        checks["setup: a GPU machine keeps its torch and gets the Unsloth stage"] = (
+            "a gpu machine" in plans["gpu"] and "install stage unsloth" in plans["gpu"] and "torch==" not in plans["gpu"])
+        checks["setup: Colab uses its own Python with the notebook's keep-installed install"] = (
+            "ln -s" in plans["colab"] and "install stage training (keep-installed)" in plans["colab"] and "torch==" not in plans["colab"])
+
     if {"kernel", "run_twice"} & set(only):
         start = time.perf_counter()
         python = colab_like_kernel(workdir)
         timings["colab_like_venv_seconds"] = time.perf_counter() - start
-        seeded = versions_in(python, COLAB_SEED)
+        seed = seeded_packages()
+        seeded = versions_in(python, seed)
         out = workdir / "outputs"
         experiment = out / Path(params_path).stem
         try:
@@ -247,11 +286,11 @@ def rehearse(workdir: str | Path, params_path: str = "params/demo/steps_15.yaml"
             first_error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
         first = runs.read_metrics(experiment) or {}
         controlled = {normalize(n) for n in [*install.CONTROLLED, *install.UNSLOTH_STAGE]}
-        after = versions_in(python, COLAB_SEED)
-        moved = {n: f"{seeded[n]} -> {after[n]}" for n in COLAB_SEED if after[n] != seeded[n] and normalize(n) not in controlled}
+        after = versions_in(python, seed)
+        moved = {n: f"{seeded[n]} -> {after[n]}" for n in seed if after[n] != seeded[n] and normalize(n) not in controlled}
         restarted = restarted_kernel_versions(workdir)
         details["kernel"] = {"notebook_error": first_error, "moved_outside_controlled": moved, "restarted_kernel": restarted,
-                             "controlled_now": {n: after[n] for n in COLAB_SEED if normalize(n) in controlled}}
+                             "controlled_now": {n: f"{seeded[n]} -> {after[n]}" for n in seed if normalize(n) in controlled}}
         checks["kernel: lab2.ipynb runs to a complete, evaluated, exported run"] = (
             first_error is None and first.get("status") == "complete" and {"val_loss", "test_loss", "base"} <= set(first.get("eval") or {})
             and set((first.get("export") or {}).get("formats", {})) == {"f16", "q8_0", "q4_k_m"})
@@ -276,7 +315,8 @@ def rehearse(workdir: str | Path, params_path: str = "params/demo/steps_15.yaml"
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lab2.colab_rehearsal", description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", default="/tmp/lab2-colab-rehearsal")
-    parser.add_argument("--only", nargs="+", choices=["resolution", "kernel", "run_twice"], default=["resolution", "kernel", "run_twice"])
+    checks = ["resolution", "setup", "kernel", "run_twice"]
+    parser.add_argument("--only", nargs="+", choices=checks, default=checks)
     parser.add_argument("--pinned", action="store_true",
                         help="resolve in pinned mode (every package at constraints.txt, torch held): lab2's install before keep-installed")
     parser.add_argument("--repo", default=str(REPO_ROOT), help="the lab2 checkout whose notebook and pins are rehearsed")
