@@ -144,6 +144,33 @@ def check_resolution(workdir: Path, keep_installed: bool = True, repo: Path = RE
             "failed": failed, "broken_before": sorted(broken_before)}
 
 
+def fits_colab(wheel: str) -> bool:
+    """A wheel file name that pip installs on Colab: CPython 3.13 (or pure / stable-ABI), Linux x86_64."""
+    python_tag, abi_tag, platform_tag = wheel[:-4].split("-")[-3:]
+    python_ok = any(t in ("py3", "py313", "cp313") or (t.startswith("cp3") and abi_tag == "abi3" and int(t[3:]) <= 13)
+                    or t == "py2.py3" for t in python_tag.split("."))
+    platform_ok = platform_tag == "any" or any("x86_64" in t and ("manylinux" in t or t.startswith("linux"))
+                                                for t in platform_tag.split("."))
+    return python_ok and platform_ok
+
+
+def pins_without_a_colab_wheel(repo: Path = REPO_ROOT) -> list[str]:
+    """Every pin of constraints.txt with no wheel for Colab's Python 3.13 on PyPI, except SOURCE_BUILDS."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    pins = install.pinned_versions(repo / install.CONSTRAINTS)
+
+    def missing(item):
+        name, version = item
+        listing = json.loads(colab_runtime._get(f"{colab_runtime.SIMPLE_INDEX}/{name}/", "application/vnd.pypi.simple.v1+json"))
+        prefix = re.compile(rf"^{re.sub(r'[-_.]+', '[-_.]+', name)}-{re.escape(version)}-", re.I)
+        wheels = [f["filename"] for f in listing.get("files", []) if prefix.match(f["filename"]) and f["filename"].endswith(".whl")]
+        return None if any(map(fits_colab, wheels)) or name in SOURCE_BUILDS else f"{name}=={version}"
+
+    with ThreadPoolExecutor(16) as pool:
+        return sorted(filter(None, pool.map(missing, pins.items())))
+
+
 # --------------------------------------------------------------------------- 4. setup
 
 
@@ -261,7 +288,9 @@ def rehearse(workdir: str | Path, params_path: str = "params/demo/steps_15.yaml"
         details["resolution"] = resolution
         checks["resolution: only lab2's named packages change"] = not resolution["not_allowed"] and not resolution["failed"]
         checks["resolution: no new broken requirement (pip check)"] = not resolution["new_broken"] and not resolution["failed"]
-        checks["resolution: Python 3.13 wheels or named source builds"] = not resolution["not_wheels"]
+        resolution["pins_without_a_colab_wheel"] = pins_without_a_colab_wheel(repo)
+        checks["resolution: Python 3.13 wheels or named source builds"] = (
+            not resolution["not_wheels"] and not resolution["pins_without_a_colab_wheel"])
 
     if "setup" in only:
         plans = setup_plans(workdir)

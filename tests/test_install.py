@@ -140,3 +140,14 @@ def test_metadata_only_packages_are_what_pip_sees(colab_like_env):
     assert listed["numpy"] == "2.1.3" and listed["torch"] == "2.11.0+cu128"
     colab_runtime.remove_metadata(colab_rehearsal.site_packages(colab_like_env), "numpy")
     assert "numpy" not in install.installed_versions(str(colab_like_env))
+
+
+def test_wheel_names_that_fit_colab():
+    from lab2.colab_rehearsal import fits_colab
+
+    assert fits_colab("torch-2.13.0-cp313-cp313-manylinux_2_28_x86_64.whl")
+    assert fits_colab("bitsandbytes-0.50.2-py3-none-manylinux_2_24_x86_64.whl")
+    assert fits_colab("torchao-0.16.0-cp310-abi3-manylinux_2_24_x86_64.manylinux_2_28_x86_64.whl")
+    assert fits_colab("six-1.16.0-py2.py3-none-any.whl")
+    assert not fits_colab("numpy-2.1.3-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl")
+    assert not fits_colab("numpy-2.1.3-cp313-cp313-macosx_14_0_arm64.whl")
