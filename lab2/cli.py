@@ -32,6 +32,7 @@ def cmd_sweep(args) -> int:
     import functools
 
     from lab2 import sweep
+    from lab2.config import sweep_output_folder
 
     if args.executor == "ray":  # Ray is imported on this path only
         from lab2.ray_executor import run_on_ray
@@ -40,20 +41,19 @@ def cmd_sweep(args) -> int:
                                     gpus=args.gpus_per_experiment, copy_back=args.copy_back)
     else:
         execute = sweep.run_locally
-    outcomes = sweep.run_sweep(args.sweep, args.out or sweep.default_out(args.sweep), execute=execute, shard=args.shard)
+    outcomes = sweep.run_sweep(args.sweep, args.out or sweep_output_folder(args.sweep), execute=execute, shard=args.shard)
     return 1 if any(o.status == "failed" for o in outcomes) else 0
 
 
 def cmd_train(args) -> int:
     from lab2 import backend
-    from lab2.config import load_config
-    from lab2.sweep import default_out
+    from lab2.config import load_config, sweep_output_folder
 
     cfg = load_config(args.params)
     backend.import_backend(cfg.model)  # Unsloth, when it is the backend, before lab2.train brings in trl
     from lab2 import train
 
-    metrics = train.run(cfg, args.out or default_out(Path(args.params).parent))
+    metrics = train.run(cfg, args.out or sweep_output_folder(Path(args.params).parent))
     t = metrics["train"]
     print(f"{metrics['experiment']}: {metrics['status']}; {t['total_steps']} steps, final eval loss {t['final_eval_loss']:.4f}")
     return 0
@@ -62,9 +62,9 @@ def cmd_train(args) -> int:
 def cmd_export(args) -> int:
     from lab2.export import FORMATS, choose_experiment
     from lab2.notebook_runner import REPO_ROOT, portable_path, run_notebook
-    from lab2.sweep import default_out
+    from lab2.config import sweep_output_folder
 
-    args.out = args.out or default_out(args.sweep)
+    args.out = args.out or sweep_output_folder(args.sweep)
 
     bad = [f for f in args.formats if f not in FORMATS]
     if bad or "f16" not in args.formats:
@@ -86,9 +86,9 @@ def cmd_report(args) -> int:
     from lab2 import runs
     from lab2.html_pages import landing_page, notebooks_to_html
     from lab2.notebook_runner import REPO_ROOT, portable_path, run_notebook
-    from lab2.sweep import default_out
+    from lab2.config import sweep_output_folder
 
-    out = Path(args.out or default_out(args.sweep))
+    out = Path(args.out or sweep_output_folder(args.sweep))
     if not any(out.glob(f"*/{runs.METRICS_FILE}")):
         raise ConfigError(f"OUT={out}: no experiments to report on; run `make sweep` first")
     run_notebook(

@@ -372,6 +372,12 @@ def load_config(path: str | Path, overrides: dict | None = None) -> ExperimentCo
     return cfg
 
 
+def sweep_output_folder(sweep: str | Path) -> Path:
+    """A sweep's own output folder, outputs/<its params folder's name> (outputs/demo for params/demo):
+    sweeps never nest, and `make clean SWEEP=...` removes one sweep's results only."""
+    return Path("outputs") / Path(sweep).resolve().name
+
+
 def experiment_files(paths: list[str | Path]) -> list[Path]:
     """Expand folders into their experiment files (every *.yaml but base.yaml)."""
     files: list[Path] = []

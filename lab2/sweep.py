@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lab2 import runs
-from lab2.config import ConfigError, deep_merge, experiment_files, load_config, merged_layers
+from lab2.config import ConfigError, deep_merge, experiment_files, load_config, merged_layers, sweep_output_folder
 from lab2.notebook_runner import REPO_ROOT, experiment_kernel, portable_path, reset_kernel_namespace, run_notebook
 
 STAGES = (("train", REPO_ROOT / "notebooks" / "train.ipynb"), ("evaluate", REPO_ROOT / "notebooks" / "evaluate.ipynb"))
@@ -195,12 +195,6 @@ def select_shard(plan: list, shard: str | None) -> list:
     return [run for run in plan if shard_of(run_name(*run), n) == k]
 
 
-def default_out(sweep: str | Path) -> Path:
-    """Each sweep's own output folder, outputs/<its params folder's name>: sweeps never nest, and
-    `make clean SWEEP=...` removes one sweep's results only."""
-    return Path("outputs") / Path(sweep).resolve().name
-
-
 def build_missing_models(files: list[Path], overrides: dict | None = None) -> None:
     """The offline models the sweep names (tiny Llama, SmolLM2), built once, before any run needs them."""
     from lab2 import local_models
@@ -233,7 +227,7 @@ def run_sweep(sweep: str | Path, out_root: str | Path | None = None, overrides: 
     files = experiment_files([sweep])
     if not files:
         raise ConfigError(f"{sweep}: no experiment params files (*.yaml other than base.yaml)")
-    out_root = Path(out_root) if out_root is not None else default_out(sweep)
+    out_root = Path(out_root) if out_root is not None else sweep_output_folder(sweep)
     build_missing_models(files, overrides)
     plan = select_shard(plan_runs(files, overrides), shard)
     sweep_start = time.perf_counter()

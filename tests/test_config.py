@@ -140,10 +140,10 @@ def test_make_clean_removes_one_sweep_only(tmp_path):
 
 
 def test_every_sweep_writes_to_its_own_folder():
-    from lab2.sweep import default_out
+    from lab2.config import sweep_output_folder
 
-    assert default_out("params/demo") == default_out("params/demo/") == Path("outputs/demo")
-    assert default_out(REPO / "params" / "smol") == Path("outputs/smol")
+    assert sweep_output_folder("params/demo") == sweep_output_folder("params/demo/") == Path("outputs/demo")
+    assert sweep_output_folder(REPO / "params" / "smol") == Path("outputs/smol")
 
 
 @pytest.mark.parametrize(
