@@ -1,7 +1,7 @@
 """The Colab entry notebook, the reports' grid, and the backend choice."""
 
+import subprocess
 import sys
-import types
 
 import nbformat
 import pytest
@@ -96,11 +96,18 @@ def test_a_failed_stage_says_what_to_do_and_keeps_results(monkeypatch, tmp_path,
     results = tmp_path / "outputs" / "exp" / "metrics.json"
     results.parent.mkdir(parents=True)
     results.write_text('{"status": "complete"}')
-    monkeypatch.setattr(install.subprocess, "run", lambda *a, **k: types.SimpleNamespace(returncode=1, stdout="", stderr=""))
-    assert install.install_stage("export", REPO) is False
+    venv = tmp_path / "env"  # never the test venv itself: it has this stage's stamp
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+
+    def failing_pip(python, args, quiet):
+        raise install.StageFailed(" ".join(args))
+
+    monkeypatch.setattr(install, "pip", failing_pip)
+    assert install.install_stage("export", REPO, str(venv / "bin" / "python")) is False
     out = capsys.readouterr().out
     assert "llama-cpp-python compiles from source" in out and "the export stage failed" in out and "intact" in out
     assert results.read_text() == '{"status": "complete"}'
+    assert not install.stamp_path("export", str(venv / "bin" / "python")).exists()  # a failed stage runs again
 
 
 def test_stages_split_training_from_the_compile():
