@@ -130,13 +130,22 @@ def reference_scores(predictions: list[str], references: list[str]) -> dict:
     }
 
 
+# A number is one token, sign, thousands separators and decimals included ("-1,000.5"); anything else
+# is split into words. So "42.5" never states 42, and "1,000" states 1000.
+ANSWER_TOKEN = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?(?!\d)|-?\d+(?:\.\d+)?|\w+")
+
+
+def answer_tokens(text: str) -> list[str]:
+    return [token.replace(",", "") if token[-1].isdigit() else token for token in ANSWER_TOKEN.findall(text.lower())]
+
+
 def states_answer(reply: str, answer: str) -> bool:
-    """Whether the reply states the answer exactly: the same words or digits in the same order,
-    case-insensitive, not as part of a longer word or number ('42' is not in '420' or '4.2')."""
-    words = lambda text: re.findall(r"-?\w+", text.lower())  # noqa: E731 - numbers keep their sign
-    reply_words, answer_words = words(reply), words(answer)
-    n = len(answer_words)
-    return n > 0 and any(reply_words[i : i + n] == answer_words for i in range(len(reply_words) - n + 1))
+    """Whether the reply states the answer: its whole numbers and words, in order, case-insensitive.
+    A number counts only whole ('42' is not in '420', '4.2' or '42.5'; '1,000' is 1000), and a word
+    only as a word."""
+    reply_tokens, answer_tokens_ = answer_tokens(reply), answer_tokens(answer)
+    n = len(answer_tokens_)
+    return n > 0 and any(reply_tokens[i : i + n] == answer_tokens_ for i in range(len(reply_tokens) - n + 1))
 
 
 def exact_match(replies: list[str], answers: list[str | None]) -> dict:

@@ -128,6 +128,10 @@ def test_exact_match_needs_the_whole_answer_in_order():
     assert states_answer("From smallest to largest: 3, 29, 35.", "3, 29, 35")
     assert not states_answer("From smallest to largest: 29, 3, 35.", "3, 29, 35")  # the same numbers, wrong order
     assert states_answer("12 minus 27 is -15.", "-15") and not states_answer("12 minus 27 is 15.", "-15")
+    assert not states_answer("The answer is 42.5", "42") and not states_answer("1.5", "1")  # a decimal is not its integer part
+    assert states_answer("That is 1,000 metres.", "1000") and states_answer("That is 1000 metres.", "1,000")
+    assert not states_answer("1,000", "1") and not states_answer("1,000", "000")
+    assert states_answer("Sum: 2,500,000.", "2500000") and states_answer("It is 42.", "42")
     assert exact_match(["42", "no", "x"], ["42", "7", None]) == {"exact_match": 0.5, "exact_match_items": 2, "correct": [True, False, None]}
     assert exact_match(["42"], [None]) == {"exact_match": None, "exact_match_items": 0, "correct": [None]}  # no key: no score
 
