@@ -72,12 +72,19 @@ def cmd_export(args) -> int:
     name = choose_experiment(args.out, args.exp)  # a bad EXP fails here, before anything is written
     out = Path(args.out) / name / "export.ipynb"
     print(f"exporting {name} -> {out.parent / 'gguf'}/", flush=True)
-    run_notebook(
-        REPO_ROOT / "notebooks" / "export.ipynb", out,
-        {"experiment": name, "output_root": portable_path(args.out), "formats": args.formats}, sys.stderr.isatty(),
-    )
     from lab2 import export, runs
 
+    try:
+        run_notebook(
+            REPO_ROOT / "notebooks" / "export.ipynb", out,
+            {"experiment": name, "output_root": portable_path(args.out), "formats": args.formats}, sys.stderr.isatty(),
+        )
+    except Exception:
+        recorded = (runs.read_metrics(out.parent) or {}).get("export")
+        if not recorded or not export.fidelity_failures(recorded):
+            raise
+        print(export.summary_table(recorded))
+        export.raise_on_fidelity_failures(recorded)  # one line and exit status 1, from main()
     print(export.summary_table(runs.read_metrics(out.parent)["export"]))
     return 0
 

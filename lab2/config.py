@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -115,7 +116,7 @@ class DataSection(_Section):
     test_size: PositiveInt = 1500
     # The split has its own seed so that seed repeats of a run share the same data.
     split_seed: int = 3407
-    chat_template: str = Field("llama-3.1", description="'model' keeps the tokenizer's own; else a bundled name or a .jinja path")
+    chat_template: str = Field("model", description="'model' keeps the tokenizer's own; else a bundled name or a .jinja path")
 
     @model_validator(mode="after")
     def _split_fits_subset(self) -> "DataSection":
@@ -318,6 +319,48 @@ def chat_template_problem(name: str) -> str | None:
     return _local_path_problem("data.chat_template.file", name)
 
 
+def chat_template_text(name: str) -> str | None:
+    """The Jinja text of a bundled template or a .jinja file; None for 'model' (the tokenizer's own)."""
+    from importlib import resources
+
+    if name == "model":
+        return None
+    if name in BUNDLED_TEMPLATES:
+        return resources.files("lab2.chat_templates").joinpath(BUNDLED_TEMPLATES[name]).read_text()
+    return Path(name).expanduser().read_text()
+
+
+def template_token_problem(template: str, tokenizer) -> str | None:
+    """Why a chat template does not fit a tokenizer, or None: every special-token marker the template
+    writes (`<|...|>`) must be a special token of that vocabulary. Otherwise training would read Llama's
+    `<|start_header_id|>` as plain text in, say, Qwen's or SmolLM2's vocabulary."""
+    import re
+
+    markers = sorted(set(re.findall(r"<\|[A-Za-z0-9_]+\|>", template)))
+    special = set(tokenizer.all_special_tokens) | {t.content for t in tokenizer.added_tokens_decoder.values() if t.special}
+    missing = [m for m in markers if m not in special]
+    return f"writes {', '.join(missing)}, which {'is not a special token' if len(missing) == 1 else 'are not special tokens'} of this model" if missing else None
+
+
+@functools.cache
+def _local_template_problem(model_name: str, template_name: str) -> str | None:
+    from transformers import AutoTokenizer
+
+    return template_token_problem(chat_template_text(template_name), AutoTokenizer.from_pretrained(model_name))
+
+
+def check_template_fits_model(cfg: "ExperimentConfig", layers: list[tuple[Path, dict]]) -> None:
+    """A bundled or file template must speak the model's special tokens; checked here for a local model
+    (a hub model is checked when its tokenizer loads, lab2.modeling.load_tokenizer)."""
+    name, model = cfg.data.chat_template, cfg.model.name
+    if name == "model" or not looks_like_local_path(model):
+        return
+    problem = _local_template_problem(str(Path(model).expanduser().resolve()), name)
+    if problem:
+        owner = next((path for path, data in reversed(layers) if _has_key(data, ("data", "chat_template"))), layers[-1][0])
+        raise ConfigError(f"{owner}: data.chat_template: {name} {problem} ({model}); use 'model' (its own template) or one written for it")
+
+
 def _local_path_problem(key: str, value: str) -> str | None:
     """Why a value that names something on disk cannot be used, or None."""
     if key == "data.chat_template":
@@ -369,6 +412,7 @@ def load_config(path: str | Path, overrides: dict | None = None) -> ExperimentCo
         problems = [_describe(err, layers) for err in exc.errors()]
         raise ConfigError("; ".join(problems)) from None
     check_local_paths(cfg, layers)
+    check_template_fits_model(cfg, layers)
     return cfg
 
 

@@ -221,7 +221,33 @@ def check_gguf(path: Path, tokenizer, test_dataset, prompts: list[str], max_toke
 # --------------------------------------------------------------------------- the whole export
 
 
-FIDELITY_LIMITS_PCT = {"f16": 1.0, "q8_0": 2.0}  # perplexity increase allowed over the merged HF model
+# How far a format's perplexity may move from the merged HF model's, either way: a large drop is as
+# suspect as a rise (other tokens scored, a broken template). q4_k_m has no band; it is reported.
+FIDELITY_LIMITS_PCT = {"f16": 1.0, "q8_0": 2.0}
+
+
+class ExportFidelityError(runs.RunFailed):
+    """A GGUF outside its fidelity band; the files stay, marked failed in metrics.json."""
+
+
+def judge_fidelity(checks: dict) -> None:
+    """Each format's band and verdict, from its measured figure (in place)."""
+    for fmt, check in checks.items():
+        limit = FIDELITY_LIMITS_PCT.get(fmt)
+        check["fidelity_limit_pct"] = limit
+        check["fidelity_ok"] = None if limit is None else abs(check["perplexity_vs_hf_pct"]) <= limit
+
+
+def fidelity_failures(export: dict) -> list[str]:
+    judge_fidelity(export["formats"])
+    return [f"{fmt} perplexity {c['perplexity_vs_hf_pct']:+.2f} % vs the merged HF model, outside ±{c['fidelity_limit_pct']:g} %"
+            for fmt, c in export["formats"].items() if c.get("fidelity_ok") is False]
+
+
+def raise_on_fidelity_failures(export: dict) -> None:
+    failures = fidelity_failures(export)
+    if failures:
+        raise ExportFidelityError(f"export failed its fidelity check: {'; '.join(failures)} (files kept, marked failed in metrics.json)")
 
 
 def export_experiment(exp_dir: Path, formats: list[str], num_perplexity_samples: int = 16) -> dict:
@@ -240,6 +266,9 @@ def export_experiment(exp_dir: Path, formats: list[str], num_perplexity_samples:
     if set(formats) <= set(done) and all((gguf_dir / done[fmt]["file"]).is_file() for fmt in formats):
         # A new training run rewrites metrics.json without `export`, so this is the current adapter's export.
         print(f"{cfg.experiment}: already exported ({', '.join(formats)}); keeping those files and checks")
+        judge_fidelity(metrics["export"]["formats"])  # the verdicts of today's bands
+        runs.update_metrics(exp_dir, export=metrics["export"])
+        raise_on_fidelity_failures(metrics["export"])
         return metrics["export"]
     gguf_dir.mkdir(exist_ok=True)
     merged_dir = exp_dir / "merged"
@@ -273,9 +302,7 @@ def export_experiment(exp_dir: Path, formats: list[str], num_perplexity_samples:
     f16_size = checks["f16"]["size_bytes"]
     for fmt, check in checks.items():
         check["reduction_vs_f16_pct"] = 100 * (1 - check["size_bytes"] / f16_size)
-        limit = FIDELITY_LIMITS_PCT.get(fmt)
-        check["fidelity_limit_pct"] = limit
-        check["fidelity_ok"] = None if limit is None else check["perplexity_vs_hf_pct"] <= limit
+    judge_fidelity(checks)
     preferred = "q4_k_m" if "q4_k_m" in files else formats[-1]
     write_modelfile(gguf_dir, files[preferred].name, tokenizer)
 
@@ -287,7 +314,9 @@ def export_experiment(exp_dir: Path, formats: list[str], num_perplexity_samples:
         "timings": timings,
         "modelfile": "gguf/Modelfile",
     }
+    export["failed_formats"] = [fmt for fmt, c in checks.items() if c["fidelity_ok"] is False]
     runs.update_metrics(exp_dir, export=export)
+    raise_on_fidelity_failures(export)
     return export
 
 
@@ -306,11 +335,14 @@ def push_to_hub(exp_dir: Path, repo_id: str) -> str:
 
 
 def summary_table(export: dict) -> str:
-    lines = [f"{'format':<8}{'size MiB':>10}{'vs f16':>9}{'ppl':>12}{'vs HF':>9}{'template':>10}{'tok/s':>8}"]
+    lines = [f"{'format':<8}{'size MiB':>10}{'vs f16':>9}{'ppl':>12}{'vs HF':>9}{'band':>7}{'fidelity':>9}{'template':>10}{'tok/s':>8}"]
     for fmt, c in export["formats"].items():
+        band = "-" if c.get("fidelity_limit_pct") is None else f"±{c['fidelity_limit_pct']:g}%"
+        verdict = {True: "ok", False: "FAILED", None: "-"}[c.get("fidelity_ok")]
         lines.append(
             f"{fmt:<8}{c['size_bytes'] / 2**20:>10.1f}{-c['reduction_vs_f16_pct']:>+8.1f}%{c['perplexity']:>12.2f}"
-            f"{c['perplexity_vs_hf_pct']:>+8.2f}%{str(c['chat_template_matches_hf']):>10}{c['generation_tokens_per_second']:>8.1f}"
+            f"{c['perplexity_vs_hf_pct']:>+8.2f}%{band:>7}{verdict:>9}{str(c['chat_template_matches_hf']):>10}"
+            f"{c['generation_tokens_per_second']:>8.1f}"
         )
     lines.append(f"merged HF model perplexity {export['hf_perplexity']:.2f} on {export['perplexity_samples']} test conversations")
     return "\n".join(lines)

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 import warnings
-from importlib import resources
 from pathlib import Path
 
 import torch
 
 from lab2.backend import resolve_backend, resolve_dtype
-from lab2.config import BUNDLED_TEMPLATES, ConfigError, ExperimentConfig, ModelSection, chat_template_problem
+from lab2.config import (
+    ConfigError, ExperimentConfig, ModelSection, chat_template_problem, chat_template_text, template_token_problem,
+)
 
 PAD_TOKEN = "<|finetune_right_pad_id|>"  # Llama 3 reserves it; padding with eos would mask real eos labels
 
@@ -24,11 +25,7 @@ def resolve_chat_template(name: str) -> str | None:
     problem = chat_template_problem(name)  # the same check `validate` makes
     if problem:
         raise ConfigError(f"data.chat_template: {problem}")
-    if name == "model":
-        return None
-    if name in BUNDLED_TEMPLATES:
-        return resources.files("lab2.chat_templates").joinpath(BUNDLED_TEMPLATES[name]).read_text()
-    return Path(name).expanduser().read_text()
+    return chat_template_text(name)
 
 
 def load_tokenizer(model_name: str, chat_template: str = "model"):
@@ -37,6 +34,9 @@ def load_tokenizer(model_name: str, chat_template: str = "model"):
     tokenizer = AutoTokenizer.from_pretrained(model_name)
     template = resolve_chat_template(chat_template)
     if template is not None:
+        problem = template_token_problem(template, tokenizer)
+        if problem:
+            raise ConfigError(f"data.chat_template: {chat_template} {problem} ({model_name}); use 'model' (its own template) or one written for it")
         tokenizer.chat_template = template
     if not tokenizer.chat_template:
         raise ValueError(f"data.chat_template: {model_name} has no chat template; name one (e.g. 'llama-3.1')")

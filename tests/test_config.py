@@ -220,3 +220,39 @@ def test_readme_typo_example_is_the_real_message(params_tree):
     with pytest.raises(ConfigError) as info:
         load_config(typo)
     assert example.removeprefix("error: params/demo/typo.yaml: ") == str(info.value).removeprefix(f"{typo}: ")
+
+
+def _chatml_model_folder(root: Path) -> Path:
+    """A model folder whose vocabulary has ChatML's special tokens and none of Llama's."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<|im_start|>": 1, "<|im_end|>": 2, **{w: i + 3 for i, w in enumerate("hi there user assistant".split())}}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>", eos_token="<|im_end|>",
+                                        additional_special_tokens=["<|im_start|>"])
+    tokenizer.chat_template = "{% for m in messages %}<|im_start|>{{ m.role }} {{ m.content }}<|im_end|>{% endfor %}"
+    folder = root / "chatml-model"
+    tokenizer.save_pretrained(folder)
+    (folder / "config.json").write_text('{"model_type": "qwen2"}')
+    return folder
+
+
+def test_a_bundled_template_whose_tokens_the_model_lacks_is_refused(params_tree, tmp_path):
+    model = _chatml_model_folder(tmp_path)
+    params_tree("s/base.yaml", {"model": {"name": str(model)}})
+    refused = params_tree("s/llama_template.yaml", {"data": {"chat_template": "llama-3.1"}})
+    with pytest.raises(ConfigError) as error:
+        load_config(refused)
+    message = str(error.value)
+    assert message.startswith(f"{refused}: data.chat_template: llama-3.1 writes <|end_header_id|>, ")
+    assert "<|eot_id|>" in message and "are not special tokens of this model" in message and "use 'model'" in message
+    assert "\n" not in message
+    assert load_config(params_tree("s/own.yaml", {})).data.chat_template == "model"  # the default: its own template
+
+    from lab2.modeling import load_tokenizer  # the same refusal where the tokenizer loads (a hub model)
+
+    with pytest.raises(ConfigError, match=r"llama-3.1 writes <\|end_header_id\|>"):
+        load_tokenizer(str(model), "llama-3.1")
+    assert load_tokenizer(str(model), "model").chat_template.startswith("{% for m in messages %}<|im_start|>")

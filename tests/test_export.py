@@ -61,6 +61,28 @@ def test_export_notebook_writes_three_faithful_formats(trained_256):
     assert '"eos_token_id": 128009' in generation
 
 
+def test_a_format_outside_its_band_fails_make_export_in_one_line(trained_256):
+    """Planted: q8_0's recorded perplexity 5 % *below* the HF model's (a drop is as suspect as a rise)."""
+    from lab2.export import fidelity_failures
+
+    metrics = runs.read_metrics(trained_256)
+    metrics["export"]["formats"]["q8_0"]["perplexity_vs_hf_pct"] = -5.0
+    runs.write_json_atomic(trained_256 / "metrics.json", metrics)
+    assert fidelity_failures({"formats": {"f16": {"perplexity_vs_hf_pct": 1.5}}}) == [
+        "f16 perplexity +1.50 % vs the merged HF model, outside ±1 %"]
+    result = subprocess.run([sys.executable, "-m", "lab2", "export", "--exp", "wide", "--out", str(trained_256.parent),
+                             "--formats", "f16", "q8_0", "q4_k_m"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: export failed its fidelity check: q8_0 perplexity -5.00 % vs the merged HF model, outside ±2 % "
+        "(files kept, marked failed in metrics.json)")
+    table = result.stdout.splitlines()
+    assert any(line.startswith("q8_0") and "FAILED" in line for line in table)
+    assert any(line.startswith("f16") and " ok " in line for line in table)
+    assert (trained_256 / "gguf" / "wide.q8_0.gguf").is_file()  # the files stay
+    assert runs.read_metrics(trained_256)["export"]["formats"]["q8_0"]["fidelity_ok"] is False
+
+
 def fake_run(root, experiment, val_loss, group=None, seed=3407, fingerprint="same", status="complete"):
     from lab2.config import ExperimentConfig
 
