@@ -107,16 +107,41 @@ class TrainSection(_Section):
         return self
 
 
+class TrainSource(_Section):
+    """One source of training rows: `pool` (the sweep's source, what is left after the held-out split)
+    or another dataset (hub id or local file), `rows` of it drawn at random with the split seed."""
+
+    source: str = Field("pool", description="'pool', a hub id or a local .jsonl/.json/.parquet file")
+    rows: PositiveInt | None = Field(None, description="null: all of it")
+    format: Literal["auto", "sharegpt", "openai", "alpaca"] = "auto"
+    hub_split: str = "train"
+
+
+class SelectSection(_Section):
+    """Data-centric choices. They act on training rows only, never on the held-out conversations."""
+
+    min_score: float | None = Field(None, description="keep rows whose quality `score` is at least this (FineTome's)")
+    sources: list[str] | None = Field(None, description="keep only rows whose `source` field is one of these")
+    exclude_sources: list[str] | None = Field(None, description="drop rows whose `source` field is one of these")
+    dedup: Literal["none", "exact", "near"] = Field("none", description="drop repeated training rows (near: MinHash)")
+    min_reply_tokens: NonNegativeInt = Field(0, description="drop rows whose replies have fewer tokens")
+    max_rows: PositiveInt | None = Field(None, description="a seeded random cap: the size-matched control of a filter")
+
+
 class DataSection(_Section):
-    source: str = Field("mlabonne/FineTome-100k", description="hub id, local folder, or .jsonl/.json/.parquet file")
+    source: str = Field("mlabonne/FineTome-100k", description="the pool: hub id, local folder, or .jsonl/.json/.parquet file")
     hub_split: str = "train"
     format: Literal["auto", "sharegpt", "openai", "alpaca"] = "auto"
     subset: PositiveInt | None = Field(15000, description="use only the first N rows of the source")
+    # Carved from the pool first, with split_seed: the same held-out conversations for every run of a
+    # sweep, whatever its training data.
     val_size: PositiveInt = 1500
     test_size: PositiveInt = 1500
     # The split has its own seed so that seed repeats of a run share the same data.
     split_seed: int = 3407
     chat_template: str = Field("model", description="'model' keeps the tokenizer's own; else a bundled name or a .jinja path")
+    train_sources: list[TrainSource] = Field(default_factory=lambda: [TrainSource()], min_length=1)
+    select: SelectSection = Field(default_factory=SelectSection)
 
     @model_validator(mode="after")
     def _split_fits_subset(self) -> "DataSection":
@@ -388,6 +413,11 @@ def check_local_paths(cfg: ExperimentConfig, layers: list[tuple[Path, dict]]) ->
         if problem:
             owner = next((path for path, data in reversed(layers) if _has_key(data, (section, field))), layers[-1][0])
             raise ConfigError(f"{owner}: {key}: {problem}")
+    for i, extra in enumerate(cfg.data.train_sources):
+        problem = None if extra.source == "pool" else _local_path_problem("data.source", extra.source)
+        if problem:
+            owner = next((path for path, data in reversed(layers) if _has_key(data, ("data", "train_sources"))), layers[-1][0])
+            raise ConfigError(f"{owner}: data.train_sources[{i}].source: {problem}")
 
 
 def merged_layers(path: Path, overrides: dict | None = None) -> tuple[dict, list[tuple[Path, dict]]]:

@@ -4,8 +4,11 @@
 2. `to_messages`: ShareGPT, OpenAI and Alpaca rows become one `[{role, content}]`
    form; malformed rows are dropped and counted by reason. A row's `answer` (its last
    reply's one right answer) rides on that reply as `answer`, for exact-match scoring.
-3. `split_conversations`: a seeded, deterministic train/validation/test split.
-4. `tokenize_conversation`: the chat template is applied once (one BOS), and
+3. `split_conversations`: validation and test are carved from the pool (`data.source`) first,
+   with `split_seed`: the same held-out conversations for every run of a sweep.
+4. Training rows: the pool's rest and any other `train_sources` (lab2.data_selection), minus every
+   row equal or near-equal to a held-out one, then the run's data-centric `select` rules.
+5. `tokenize_conversation`: the chat template is applied once (one BOS), and
    labels are -100 everywhere except the assistant's replies.
 """
 
@@ -113,21 +116,28 @@ def to_messages(row: dict, fmt: str) -> tuple[list[dict] | None, str | None]:
     return messages, None
 
 
-def normalise(rows, fmt: str = "auto") -> tuple[list[list[dict]], Counter]:
-    conversations, dropped = [], Counter()
+def normalise(rows, fmt: str = "auto", origin: str = "pool") -> tuple[list[dict], Counter]:
+    """Usable rows as records {messages, score, source, origin}, and the malformed ones counted by reason.
+    `score` (a quality score, FineTome's) and `source` (the row's own collection) are kept for
+    data-centric selection; `origin` is the train source the row came from."""
+    records, dropped = [], Counter()
     for row in rows:
         messages, reason = to_messages(row, fmt)
         if messages is None:
             dropped[reason] += 1
         else:
-            conversations.append(messages)
-    return conversations, dropped
+            score = row.get("score")
+            records.append({"messages": messages, "score": float(score) if isinstance(score, (int, float)) else None,
+                            "source": row.get("source") if isinstance(row.get("source"), str) else None, "origin": origin})
+    return records, dropped
 
 
 # --------------------------------------------------------------------------- splitting
 
 
 def split_conversations(conversations: list, val_size: int, test_size: int, seed: int) -> dict[str, list]:
+    """A seeded permutation: the first `test_size` are the test set, the next `val_size` validation,
+    the rest the pool's training rows."""
     n = len(conversations)
     if val_size + test_size >= n:
         raise ConfigError(
@@ -147,6 +157,13 @@ def fingerprint(conversations: list) -> str:
     """Identity of a split's content, so runs on different data are never ranked together."""
     blob = json.dumps(conversations, sort_keys=True, ensure_ascii=False).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """Identity of what a per-token loss means: the vocabulary and the chat template. Two runs whose
+    tokenizers differ are compared per byte of reply text, never per token."""
+    blob = json.dumps({"vocab": sorted(tokenizer.get_vocab().items()), "template": tokenizer.chat_template}, ensure_ascii=False)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 # --------------------------------------------------------------------------- tokenising
@@ -184,7 +201,26 @@ def tokenize_conversation(messages: list[dict], tokenizer, max_length: int) -> d
         for token, (begin, _) in zip(input_ids, encoded["offset_mapping"])
     ]
     truncated = len(input_ids) > max_length
-    return {"input_ids": input_ids[:max_length], "labels": labels[:max_length], "truncated": truncated}
+    return {"input_ids": input_ids[:max_length], "labels": labels[:max_length], "truncated": truncated,
+            "reply_bytes": reply_bytes(text, messages, spans, encoded["offset_mapping"][:max_length], labels[:max_length])}
+
+
+def reply_bytes(text: str, messages: list[dict], spans: list[tuple[int, int]], offsets, labels) -> int:
+    """UTF-8 bytes of the reply text that the kept, loss-bearing tokens cover: the yardstick of bits per
+    byte, which does not depend on the tokenizer (the template's own markers are not counted)."""
+    contents = []
+    replies = [m["content"] for m in messages if m["role"] == "assistant"]
+    for (start, end), content in zip(spans, replies):
+        at = text.find(content, start, end)
+        if at >= 0:
+            contents.append((at, at + len(content)))
+    covered = set()
+    for (begin, finish), label in zip(offsets, labels):
+        if label == IGNORE_INDEX:
+            continue
+        for c0, c1 in contents:
+            covered.update(range(max(begin, c0), min(finish, c1)))
+    return sum(len(text[i].encode()) for i in covered)
 
 
 def show_label_mask(example: dict, tokenizer) -> str:
@@ -213,30 +249,46 @@ class Splits:
     stats: dict = field(default_factory=dict)
 
 
-def tokenize_split(conversations: list, tokenizer, max_length: int) -> tuple[object, Counter]:
+def tokenize_split(conversations: list, tokenizer, max_length: int, min_reply_tokens: int = 0) -> tuple[object, Counter]:
     from datasets import Dataset
 
     rows, counts = [], Counter()
     for messages in conversations:
         example = tokenize_conversation(messages, tokenizer, max_length)
         counts["truncated"] += example.pop("truncated")
-        if all(label == IGNORE_INDEX for label in example["labels"]):
+        reply_tokens = sum(label != IGNORE_INDEX for label in example["labels"])
+        if reply_tokens == 0:
             counts["no_reply_left_after_truncation"] += 1
             continue
+        if reply_tokens < min_reply_tokens:
+            counts["dropped_min_reply_tokens"] += 1
+            continue
+        counts["tokens"] += len(example["input_ids"])
+        counts["reply_tokens"] += reply_tokens
         rows.append(example)
     return Dataset.from_list(rows), counts
 
 
 def build_splits(data: DataSection, tokenizer, max_seq_length: int) -> Splits:
+    from lab2 import data_selection
+
     rows = load_rows(data.source, data.hub_split, data.subset)
-    conversations, dropped = normalise(rows, data.format)
-    if not conversations:
+    pool, dropped = normalise(rows, data.format)
+    if not pool:
         reasons = ", ".join(f"{k}: {v}" for k, v in dropped.items()) or "the source is empty"
         raise ConfigError(f"data.source: {data.source}: no valid conversation ({reasons})")
-    parts = split_conversations(conversations, data.val_size, data.test_size, data.split_seed)
+    # Held-out first, from the pool alone: every run of the sweep sees the same conversations there.
+    parts = split_conversations(pool, data.val_size, data.test_size, data.split_seed)
+    held_out = parts["validation"] + parts["test"]
+    training, selection = data_selection.training_rows(data, parts["train"], held_out)
+    conversations = {"train": [r["messages"] for r in training], "validation": [r["messages"] for r in parts["validation"]],
+                     "test": [r["messages"] for r in parts["test"]]}
     datasets, stats = {}, {"rows": len(rows), "dropped_malformed": dict(dropped), "dropped_total": sum(dropped.values())}
-    for name, convs in parts.items():
-        datasets[name], counts = tokenize_split(convs, tokenizer, max_seq_length)
+    for name, convs in conversations.items():
+        datasets[name], counts = tokenize_split(convs, tokenizer, max_seq_length, data.select.min_reply_tokens if name == "train" else 0)
         stats[name] = {"conversations": len(convs), "examples": len(datasets[name]), **counts}
-    stats["fingerprint"] = fingerprint([parts["validation"], parts["test"]])
-    return Splits(**datasets, conversations=parts, stats=stats)
+    selection["rules"]["min_reply_tokens"] = stats["train"].pop("dropped_min_reply_tokens", 0)
+    stats["selection"] = selection
+    stats["fingerprint"] = fingerprint([conversations["validation"], conversations["test"]])
+    stats["tokenizer_fingerprint"] = tokenizer_fingerprint(tokenizer)
+    return Splits(**datasets, conversations=conversations, stats=stats)

@@ -46,7 +46,8 @@ def _backbone_and_head(model):
 
 @torch.no_grad()
 def response_loss(model, dataset, pad_token_id: int, batch_size: int = 8) -> dict:
-    """Mean negative log-likelihood per assistant token, and the number of tokens scored.
+    """Mean negative log-likelihood per assistant token, bits per byte of reply text, and each
+    conversation's own summed NLL, tokens and bytes (for paired comparisons between runs).
 
     Only positions whose next token carries a label go through the LM head, so
     a 128k vocabulary never materialises as a (batch x length x vocab) tensor.
@@ -54,7 +55,7 @@ def response_loss(model, dataset, pad_token_id: int, batch_size: int = 8) -> dic
     model.eval()
     backbone, head = _backbone_and_head(model)
     device = next(model.parameters()).device
-    total_nll, total_tokens = 0.0, 0
+    nll_rows, token_rows = [], []
     for start in range(0, len(dataset), batch_size):
         rows = dataset[start : start + batch_size]
         input_ids = _pad(rows["input_ids"], pad_token_id).to(device)
@@ -63,12 +64,21 @@ def response_loss(model, dataset, pad_token_id: int, batch_size: int = 8) -> dic
         hidden = backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         targets = labels[:, 1:]
         keep = targets != IGNORE_INDEX
-        selected, wanted = hidden[:, :-1][keep], targets[keep]
+        selected, wanted, owner = hidden[:, :-1][keep], targets[keep], keep.nonzero()[:, 0]
+        per_row = torch.zeros(len(input_ids), dtype=torch.float64, device=device)
         for i in range(0, len(wanted), HEAD_CHUNK):
-            nll, count = summed_nll(head(selected[i : i + HEAD_CHUNK]), wanted[i : i + HEAD_CHUNK])
-            total_nll += nll
-            total_tokens += count
-    return {"loss": total_nll / max(total_tokens, 1), "tokens": total_tokens}
+            nll = F.cross_entropy(head(selected[i : i + HEAD_CHUNK]).float(), wanted[i : i + HEAD_CHUNK], reduction="none")
+            per_row.index_add_(0, owner[i : i + HEAD_CHUNK], nll.double())
+        nll_rows += per_row.tolist()
+        token_rows += keep.sum(dim=1).tolist()
+    byte_rows = list(dataset["reply_bytes"]) if "reply_bytes" in dataset.column_names else None
+    total_nll, total_tokens = sum(nll_rows), sum(token_rows)
+    return {
+        "loss": total_nll / max(total_tokens, 1),
+        "tokens": total_tokens,
+        "bits_per_byte": total_nll / math.log(2) / sum(byte_rows) if byte_rows and sum(byte_rows) else None,
+        "per_conversation": {"nll": nll_rows, "tokens": token_rows, "bytes": byte_rows},
+    }
 
 
 @contextmanager
@@ -187,6 +197,10 @@ def evaluate_model(model, tokenizer, splits, eval_cfg) -> dict:
         "perplexity": math.exp(test["loss"]),
         "val_tokens": val["tokens"],
         "test_tokens": test["tokens"],
+        # Loss per byte of reply text: comparable between runs whose tokenizers differ.
+        "val_bits_per_byte": val["bits_per_byte"],
+        "test_bits_per_byte": test["bits_per_byte"],
+        "per_conversation": {"validation": val["per_conversation"], "test": test["per_conversation"]},
         **reference_scores(generated, [r for _, r in pairs]),
         "exact_match": matched["exact_match"],
         "exact_match_items": matched["exact_match_items"],
@@ -250,6 +264,7 @@ def evaluate_experiment(model, tokenizer, splits, cfg, output_root=None) -> dict
     results.update(
         eval_hash=cfg.eval_hash,
         split_fingerprint=splits.stats["fingerprint"],
+        tokenizer_fingerprint=splits.stats.get("tokenizer_fingerprint"),
         peak_memory_mb=runs.peak_memory_mb(),
     )
     return results

@@ -5,8 +5,14 @@ answers follow fixed patterns, so even a tiny model's loss falls visibly; length
 vary from one line to a few paragraphs, some conversations have several turns and
 some a system prompt that changes the style of the answer. Rows whose last reply has one
 right answer (arithmetic, capitals, spelling backwards, unit conversion, sorting) carry it
-as `answer`: evaluation scores exact-match accuracy on them. `python -m lab2
-sample-data` rewrites the file; a test checks the shipped file matches.
+as `answer`: evaluation scores exact-match accuracy on them.
+
+No row appears twice. A fifth are drawn noisy (100 of the shipped 400, once repeats are redrawn),
+as scraped data is: a wrong answer or a reply cut off part-way, with a low quality `score`
+(1.0-2.5; clean rows 3.5-5.0), for a data-centric experiment to find. `answer` is always the
+right answer. A second file in Alpaca's format (`data/sample_alpaca.jsonl`: one-answer tasks,
+no scores, none equal to a row of the first) is another source to mix in.
+`python -m lab2 sample-data` rewrites both; a test checks the shipped files match.
 """
 
 from __future__ import annotations
@@ -128,32 +134,91 @@ def _long_report(rng: random.Random) -> list[tuple[str, str]]:
 TASKS = [(_arithmetic, 6), (_capital, 5), (_reverse, 4), (_convert, 4), (_sort, 3), (_explain, 5), (_long_report, 0.15)]
 
 
+NOISE_SHARE = 0.2
+
+
+def _wrong(answer: str, key: str, rng: random.Random) -> tuple[str, str]:
+    """The reply with its one answer replaced by a wrong one of the same kind."""
+    if key.lstrip("-").isdigit():
+        wrong = str(int(key) + rng.choice([-10, -3, -1, 1, 2, 7, 11]))
+    elif "," in key:
+        parts = key.split(", ")
+        rng.shuffle(parts)
+        wrong = ", ".join(parts) if ", ".join(parts) != key else ", ".join(reversed(parts))
+    elif key in CAPITALS.values():
+        wrong = rng.choice(sorted(set(CAPITALS.values()) - {key}))
+    else:
+        wrong = key[1:] + key[0]
+    return answer.replace(key, wrong), wrong
+
+
+def _cut(answer: str, rng: random.Random) -> str:
+    """The reply stopped part-way, as a truncated scrape."""
+    words = answer.split()
+    return " ".join(words[: max(1, len(words) * rng.randint(2, 6) // 10)])
+
+
+def _conversation(rng: random.Random, makers, weights) -> tuple[dict, bool]:
+    maker = rng.choices(makers, weights=weights)[0]
+    turns = maker(rng)
+    conversation, style = [], None
+    if rng.random() < 0.2:
+        style = rng.choice(sorted(SYSTEM_STYLES))
+        conversation.append({"from": "system", "value": style})
+    noisy = rng.random() < NOISE_SHARE
+    for i, (question, answer, key) in enumerate(turns):
+        if style is not None:
+            answer = SYSTEM_STYLES[style](answer)
+        assert key is None or key in answer, (key, answer)
+        if noisy and i == len(turns) - 1:
+            answer = _wrong(answer, key, rng)[0] if key is not None and rng.random() < 0.7 else _cut(answer, rng)
+        conversation += [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]
+    score = round(rng.uniform(1.0, 2.5) if noisy else rng.uniform(3.5, 5.0), 2)
+    row = {"conversations": conversation, "source": f"lab2-synthetic/{maker.__name__[1:]}", "score": score}
+    if key is not None:  # the last reply's one right answer
+        row["answer"] = key
+    return row, noisy
+
+
 def generate(n: int = 400, seed: int = 2223) -> list[dict]:
+    """n distinct conversations (no two with the same turns)."""
     rng = random.Random(seed)
     makers, weights = zip(*TASKS)
-    rows = []
-    for _ in range(n):
-        maker = rng.choices(makers, weights=weights)[0]
-        turns = maker(rng)
-        conversation = []
-        style = None
-        if rng.random() < 0.2:
-            style = rng.choice(sorted(SYSTEM_STYLES))
-            conversation.append({"from": "system", "value": style})
-        for question, answer, key in turns:
-            if style is not None:
-                answer = SYSTEM_STYLES[style](answer)
-            assert key is None or key in answer, (key, answer)
-            conversation += [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]
-        row = {"conversations": conversation, "source": f"lab2-synthetic/{maker.__name__[1:]}", "score": 5.0}
-        if key is not None:  # the last reply's one right answer
-            row["answer"] = key
-        rows.append(row)
+    rows, seen = [], set()
+    while len(rows) < n:
+        row, _ = _conversation(rng, makers, weights)
+        key = json.dumps(row["conversations"])
+        if key not in seen:
+            seen.add(key)
+            rows.append(row)
     return rows
 
 
-def write(path: str | Path = DEFAULT_PATH, n: int = 400, seed: int = 2223) -> Path:
+def generate_alpaca(n: int = 200, seed: int = 5, avoid: list[dict] = ()) -> list[dict]:
+    """Alpaca rows (instruction/output) of the one-answer tasks, none equal to a row of `avoid`."""
+    rng = random.Random(seed)
+    makers = [_arithmetic, _capital, _reverse, _convert, _sort]
+    seen = {json.dumps([t["value"] for t in r["conversations"] if t["from"] != "system"][:2]) for r in avoid}
+    rows = []
+    while len(rows) < n:
+        question, answer, key = rng.choice(makers)(rng)[0]
+        marker = json.dumps([question, answer])
+        if marker in seen:
+            continue
+        seen.add(marker)
+        rows.append({"instruction": question, "input": "", "output": answer, "answer": key, "source": "lab2-synthetic/alpaca"})
+    return rows
+
+
+ALPACA_PATH = Path("data/sample_alpaca.jsonl")
+
+
+def write(path: str | Path = DEFAULT_PATH, n: int = 400, seed: int = 2223, alpaca_path: str | Path | None = None) -> Path:
+    """Write the ShareGPT sample to `path`, and the Alpaca source beside it (`alpaca_path`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in generate(n, seed)))
+    rows = generate(n, seed)
+    path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    alpaca = Path(alpaca_path) if alpaca_path else path.with_name(ALPACA_PATH.name)
+    alpaca.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in generate_alpaca(avoid=rows)))
     return path

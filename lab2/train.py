@@ -231,6 +231,14 @@ def _measured_subclass(sft_trainer: type) -> type:
     return MeasuredSFTTrainer
 
 
+def epochs_of(cfg: ExperimentConfig, train_examples: int) -> float:
+    """How many passes over the training rows the run makes: above 1, rows repeat."""
+    t = cfg.train
+    if t.max_steps is None:
+        return float(t.epochs)
+    return t.max_steps * t.batch_size * t.gradient_accumulation_steps / max(train_examples, 1)
+
+
 def sft_config(cfg: ExperimentConfig, checkpoint_dir: Path, dtype: torch.dtype):
     from trl import SFTConfig
 
@@ -309,7 +317,7 @@ def train_experiment(cfg: ExperimentConfig, model, tokenizer, splits: Splits, ex
         "config": cfg.to_dict(),
         "config_hash": cfg.config_hash,
         "env": runs.environment_info(),
-        "data": splits.stats,
+        "data": {**splits.stats, "epochs": epochs_of(cfg, len(splits.train))},
         "started_at": started,
         "resumed_from": str(resume_from) if resume_from else None,
     }

@@ -59,6 +59,30 @@ def test_response_loss_matches_the_models_own_loss_on_two_sequences(lora_model, 
     assert math.exp(result["loss"]) == pytest.approx(math.exp(total / count), rel=1e-5)
 
 
+def test_bits_per_byte_against_an_independent_computation(lora_model, tokenizer):
+    """Summed NLL of the reply tokens (the model's own loss x its token count) over the UTF-8 bytes of
+    the replies' text, counted from the messages themselves, in bits."""
+    from datasets import Dataset
+
+    examples = [tokenize_conversation(c, tokenizer, 512) for c in TWO_CONVERSATIONS]
+    dataset = Dataset.from_list([{k: e[k] for k in ("input_ids", "labels", "reply_bytes")} for e in examples])
+    nll = []
+    with torch.no_grad():
+        for e in examples:
+            ids, labels = torch.tensor([e["input_ids"]]), torch.tensor([e["labels"]])
+            nll.append(lora_model(input_ids=ids, labels=labels).loss.item() * int((labels[:, 1:] != -100).sum()))
+    reply_bytes = [sum(len(m["content"].encode()) for m in c if m["role"] == "assistant") for c in TWO_CONVERSATIONS]
+    assert [e["reply_bytes"] for e in examples] == reply_bytes == [14, 72]
+    result = response_loss(lora_model, dataset, tokenizer.pad_token_id, batch_size=2)
+    assert result["bits_per_byte"] == pytest.approx(sum(nll) / math.log(2) / sum(reply_bytes), rel=1e-5)
+    assert result["per_conversation"]["nll"] == pytest.approx(nll, rel=1e-5)
+    assert result["per_conversation"]["bytes"] == reply_bytes
+
+    whole = len(examples[1]["input_ids"])
+    truncated = tokenize_conversation(TWO_CONVERSATIONS[1], tokenizer, whole - 6)  # the second reply is cut off
+    assert len("Certainly. The capital of Peru is Lima.") < truncated["reply_bytes"] < 72
+
+
 def test_bleu_and_rouge_against_known_values():
     same = reference_scores(["the cat sat on the mat", "a b c d e"], ["the cat sat on the mat", "a b c d e"])
     assert same["bleu"] == pytest.approx(100.0) and same["rouge_l"] == pytest.approx(1.0)
@@ -141,10 +165,10 @@ def test_answer_keys_ride_from_the_data_to_exact_match():
     from lab2 import data
 
     rows = [json.loads(line) for line in SAMPLE_DATA.read_text().splitlines()]
-    conversations, _ = data.normalise(rows)
-    keyed = [c for c in conversations if any("answer" in m for m in c)]
+    records, _ = data.normalise(rows)
+    keyed = [r["messages"] for r in records if any("answer" in m for m in r["messages"])]
     assert len(keyed) == sum("answer" in r for r in rows) > 100
-    row = next(r for r in rows if "answer" in r)
+    row = next(r for r in rows if "answer" in r and r["score"] >= 3)  # a clean row (noisy ones state a wrong answer)
     last_reply = [m for m in data.to_messages(row, "auto")[0] if m["role"] == "assistant"][-1]
     assert last_reply["answer"] == row["answer"] and row["answer"] in last_reply["content"]
 
