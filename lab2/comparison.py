@@ -4,7 +4,11 @@ The statistics behind the report and behind "the best experiment" that `make exp
 `make app` take. Runs are compared on held-out validation loss (never on training loss of runs of
 different lengths). Seed repeats of one configuration form a group (mean +- std); the pooled seed
 std is the noise, and a difference under twice the noise is "within noise". Runs whose evaluation
-split differs from the baseline's (split fingerprint) are never ranked with it. Reads results only.
+split differs from the baseline's (split fingerprint) are never ranked with it. Where the runs'
+tokenizers differ, a nat per token means different things, so they are ranked on bits per byte of
+reply text instead. Beside the seed-noise verdict, each run is compared with the baseline on the
+same conversations: the difference of the aggregate loss with a bootstrap 95 % interval over
+conversations (`paired_comparison`). Reads results only.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ FACTORS = {
 }
 IGNORED_KEYS = {"experiment", "group", "seeds", "train.seed"}  # identity, not configuration
 NOISE_MULTIPLE = 2.0  # |difference| under 2 sigma of seed noise is "within noise"
+BOOTSTRAP_SAMPLES = 2000
+MEASURES = {"val_loss": "validation loss per token (nats)", "val_bpb": "validation bits per byte of reply text"}
 
 
 # --------------------------------------------------------------------------- loading
@@ -85,10 +91,15 @@ def run_row(metrics: dict) -> dict:
         "tokens_per_s": train["tokens_per_second"],
         "peak_mem_mb": train["peak_memory_mb"],
         "fingerprint": evaluation.get("split_fingerprint") or metrics.get("data", {}).get("fingerprint"),
+        "tokenizer": evaluation.get("tokenizer_fingerprint") or metrics.get("data", {}).get("tokenizer_fingerprint"),
+        "val_bpb": evaluation.get("val_bits_per_byte"),
+        "train_rows": (metrics.get("data", {}).get("train") or {}).get("examples"),
+        "epochs": metrics.get("data", {}).get("epochs"),
     }
 
 
-METRICS = ["train_loss", "val_loss", "test_loss", "perplexity", "bleu", "rouge_l", "exact_match", "time_s", "tokens_per_s", "peak_mem_mb"]
+METRICS = ["train_loss", "val_loss", "val_bpb", "test_loss", "perplexity", "bleu", "rouge_l", "exact_match", "time_s", "tokens_per_s",
+           "peak_mem_mb", "train_rows", "epochs"]
 BASE_METRICS = ("val_loss", "test_loss", "perplexity", "bleu", "rouge_l", "exact_match")
 
 
@@ -100,19 +111,29 @@ def runs_table(complete: list[dict]) -> pd.DataFrame:
 
 def group_table(table: pd.DataFrame) -> pd.DataFrame:
     """One row per configuration: means, and the seed std of the validation loss."""
-    settings = table.groupby("group")[["steps", "lr", "r", "alpha", "batch", "fingerprint", "exact_match_items"]].first()
+    settings = table.groupby("group", dropna=False)[["steps", "lr", "r", "alpha", "batch", "fingerprint", "tokenizer", "exact_match_items"]].first()
     means = table.groupby("group")[METRICS].mean()
     spread = table.groupby("group")["val_loss"].agg(seeds="count", val_loss_std="std")
-    return settings.join(means).join(spread).reset_index()
+    bpb_spread = table.groupby("group")["val_bpb"].agg(val_bpb_std="std")
+    return settings.join(means).join(spread).join(bpb_spread).reset_index()
 
 
-def seed_noise(groups: pd.DataFrame) -> float | None:
-    """Pooled seed std of the validation loss over every repeated configuration."""
-    repeated = groups[groups["seeds"] >= 2]
+def seed_noise(groups: pd.DataFrame, measure: str = "val_loss") -> float | None:
+    """Pooled seed std of the ranking measure over every repeated configuration."""
+    repeated = groups[(groups["seeds"] >= 2) & groups[f"{measure}_std"].notna()]
     if repeated.empty:
         return None
-    pooled_var = ((repeated["seeds"] - 1) * repeated["val_loss_std"] ** 2).sum() / (repeated["seeds"] - 1).sum()
+    pooled_var = ((repeated["seeds"] - 1) * repeated[f"{measure}_std"] ** 2).sum() / (repeated["seeds"] - 1).sum()
     return math.sqrt(pooled_var)
+
+
+def choose_measure(groups: pd.DataFrame, baseline: str) -> str:
+    """val_loss when every run on the baseline's split shares its tokenizer (and template); bits per
+    byte when they differ, since a nat per token of one vocabulary is not one of another."""
+    base = groups.set_index("group").loc[baseline]
+    same_split = groups[groups["fingerprint"] == base["fingerprint"]]
+    tokenizers = set(same_split["tokenizer"].dropna())
+    return "val_bpb" if len(tokenizers) > 1 and same_split["val_bpb"].notna().all() else "val_loss"
 
 
 def pick_baseline(groups: pd.DataFrame, baseline: str | None) -> str:
@@ -123,14 +144,14 @@ def pick_baseline(groups: pd.DataFrame, baseline: str | None) -> str:
     return groups.sort_values("seeds", ascending=False)["group"].iloc[0]  # the repeated one, else the first
 
 
-def compare(groups: pd.DataFrame, baseline: str, noise: float | None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(comparable groups with change vs baseline and verdict, groups on another split)."""
+def compare(groups: pd.DataFrame, baseline: str, noise: float | None, measure: str = "val_loss") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(comparable groups with change vs baseline and verdict on `measure`, groups on another split)."""
     base = groups.set_index("group").loc[baseline]
     same_split = groups["fingerprint"] == base["fingerprint"]
     ranked = groups[same_split].copy()
-    for metric in ("val_loss", "test_loss", "perplexity", "time_s"):
+    for metric in ("val_loss", "val_bpb", "test_loss", "perplexity", "time_s"):
         ranked[f"{metric}_vs_base_pct"] = 100 * (ranked[metric] - base[metric]) / base[metric]
-    delta = ranked["val_loss"] - base["val_loss"]
+    delta = ranked[measure] - base[measure]
 
     def verdict(row_delta: float, name: str) -> str:
         if name == baseline:
@@ -142,7 +163,58 @@ def compare(groups: pd.DataFrame, baseline: str, noise: float | None) -> tuple[p
         return "better" if row_delta < 0 else "worse"
 
     ranked["verdict"] = [verdict(d, g) for d, g in zip(delta, ranked["group"])]
-    return ranked.sort_values("val_loss").reset_index(drop=True), groups[~same_split].reset_index(drop=True)
+    return ranked.sort_values(measure).reset_index(drop=True), groups[~same_split].reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------- paired, on the same conversations
+
+
+def per_conversation(complete: list[dict], group: str, measure: str) -> tuple["np.ndarray", "np.ndarray"] | None:
+    """(summed NLL, units) per validation conversation for a group, averaged over its seeds; units are
+    tokens for val_loss, bytes x ln 2 for bits per byte. None when a run did not record them."""
+    import numpy as np
+
+    nll, units = [], None
+    for metrics in complete:
+        if group_of(metrics) != group:
+            continue
+        rows = (((metrics.get("eval") or {}).get("per_conversation") or {}).get("validation"))
+        if not rows or (measure == "val_bpb" and not rows.get("bytes")):
+            return None
+        nll.append(np.asarray(rows["nll"], dtype=float))
+        units = np.asarray(rows["tokens"] if measure == "val_loss" else rows["bytes"], dtype=float) * (1 if measure == "val_loss" else math.log(2))
+    if not nll or len({len(n) for n in nll}) != 1:
+        return None
+    return np.mean(nll, axis=0), units
+
+
+def paired_difference(run: tuple, base: tuple, samples: int = BOOTSTRAP_SAMPLES, seed: int = 0) -> dict:
+    """The aggregate measure of `run` minus `base` over the same conversations, and a bootstrap 95 %
+    interval: conversations resampled with replacement, both aggregates recomputed on each sample."""
+    import numpy as np
+
+    (nll_r, units_r), (nll_b, units_b) = run, base
+    delta = nll_r.sum() / units_r.sum() - nll_b.sum() / units_b.sum()
+    idx = np.random.default_rng(seed).integers(0, len(nll_r), size=(samples, len(nll_r)))
+    boot = nll_r[idx].sum(1) / units_r[idx].sum(1) - nll_b[idx].sum(1) / units_b[idx].sum(1)
+    low, high = np.percentile(boot, [2.5, 97.5])
+    verdict = "better" if high < 0 else "worse" if low > 0 else "unclear"
+    return {"paired_delta": float(delta), "paired_low": float(low), "paired_high": float(high), "paired_verdict": verdict}
+
+
+def paired_comparison(complete: list[dict], ranked: pd.DataFrame, baseline: str, measure: str) -> pd.DataFrame:
+    """`ranked` with each group's paired difference from the baseline on the same validation conversations."""
+    out = ranked.copy()
+    base = per_conversation(complete, baseline, measure)
+    results = []
+    for group in out["group"]:
+        run = per_conversation(complete, group, measure)
+        if group == baseline or base is None or run is None or len(run[0]) != len(base[0]):
+            results.append({"paired_delta": math.nan, "paired_low": math.nan, "paired_high": math.nan,
+                            "paired_verdict": "baseline" if group == baseline else "not recorded"})
+        else:
+            results.append(paired_difference(run, base))
+    return pd.concat([out.reset_index(drop=True), pd.DataFrame(results)], axis=1)
 
 
 def base_model_row(complete: list[dict], fingerprint: str) -> dict | None:
@@ -212,10 +284,19 @@ def ranking(output_root: str | Path, baseline: str | None = None) -> tuple[list[
     complete, _ = load_runs(output_root)
     if not complete:
         raise ConfigError(f"{output_root}/: no complete experiment; run `make sweep` first")
+    return complete, rank_groups(complete, baseline)["ranked"]
+
+
+def rank_groups(complete: list[dict], baseline: str | None = None) -> dict:
+    """Every ranking decision in one place: groups, baseline, measure, seed noise, the ranked groups
+    with their paired comparison, and the groups on another split."""
     groups = group_table(runs_table(complete))
-    noise = seed_noise(groups)
-    ranked, _ = compare(groups, pick_baseline(groups, baseline), noise)
-    return complete, ranked
+    baseline = pick_baseline(groups, baseline)
+    measure = choose_measure(groups, baseline)
+    noise = seed_noise(groups, measure)
+    ranked, others = compare(groups, baseline, noise, measure)
+    ranked = paired_comparison(complete, ranked, baseline, measure)
+    return {"groups": groups, "baseline": baseline, "measure": measure, "noise": noise, "ranked": ranked, "others": others}
 
 
 def best_experiment(output_root: str | Path, baseline: str | None = None) -> str:

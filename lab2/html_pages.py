@@ -52,7 +52,7 @@ def landing_page(output_root: str | Path, report) -> Path:
     import nbformat
     from nbconvert import HTMLExporter
 
-    from lab2.comparison import group_of
+    from lab2.comparison import MEASURES, group_of
     from lab2.report import base_model_line, format_number
 
     root = Path(output_root)
@@ -66,17 +66,21 @@ def landing_page(output_root: str | Path, report) -> Path:
             pages = [_link(root, Path("html") / name / f"{stage}.html", stage) for stage in ("train", "evaluate", "export")]
             links.append(f"{name}: " + " · ".join(p for p in pages if p))
         std = "" if row["val_loss_std"] != row["val_loss_std"] else f" ± {row['val_loss_std']:.4f}"
-        rows.append(f"<tr><td>{row['group']}</td><td>{int(row['seeds'])}</td><td>{row['val_loss']:.4f}{std}</td>"
-                    f"<td>{row['verdict']} ({row['val_loss_vs_base_pct']:+.2f} %)</td><td>{format_number(row['test_loss'])}</td>"
+        rows.append(f"<tr><td>{row['group']}</td><td>{row['data']}</td><td>{int(row['seeds'])}</td><td>{row['val_loss']:.4f}{std}</td>"
+                    f"<td>{format_number(row['val_bpb'])}</td>"
+                    f"<td>{row['verdict']} ({row[f'{report.measure}_vs_base_pct']:+.2f} %)</td><td>{row['paired']} {row['paired_verdict']}</td>"
+                    f"<td>{format_number(row['test_loss'])}</td>"
                     f"<td>{format_number(row['bleu'], '.2f')}</td><td>{format_number(row['rouge_l'], '.3f')}</td>"
                     f"<td>{format_number(row['exact_match'], '.1%')}</td><td>{format_number(row['time_s'], '.1f')}</td>"
                     f"<td>{'<br>'.join(links)}</td></tr>")
-    table = ("<table><thead><tr><th>group</th><th>seeds</th><th>val loss ± std</th><th>vs baseline</th><th>test loss</th>"
+    table = ("<table><thead><tr><th>group</th><th>training data</th><th>seeds</th><th>val loss ± std</th><th>val bits/byte</th>"
+             "<th>vs baseline (seed noise)</th><th>paired vs baseline [95 %]</th><th>test loss</th>"
              "<th>BLEU</th><th>ROUGE-L</th><th>exact match</th><th>train s</th><th>runs: executed pages</th></tr></thead><tbody>"
              + "".join(rows) + "</tbody></table>")
     cells = [
-        "# lab2 experiments\n\nRanked on held-out validation loss (mean over seeds where repeated); training loss is "
-        "never compared. Full report: [EXPERIMENT_REPORT.md](EXPERIMENT_REPORT.md) · [report.html](report.html).",
+        f"# lab2 experiments\n\nRanked on held-out {MEASURES[report.measure]} (mean over seeds where repeated), the same "
+        "conversations for every run; training loss is never compared. Full report: "
+        "[EXPERIMENT_REPORT.md](EXPERIMENT_REPORT.md) · [report.html](report.html).",
         "## Findings\n\n" + "\n".join(f"- {line}" for line in report.findings),
         "## Experiments, best first\n\n" + table,
     ]

@@ -74,7 +74,7 @@ def test_findings_are_computed_from_the_data(outputs):
     assert "The factor that moved validation loss most is steps" in text  # 2.40 -> 1.75 spans 0.65
     assert "Then: rank (0.1000), lr (0.0100)" in text
     assert "Returns diminish for steps" in text  # 30->60 gained 0.4/30 steps, 120->240 only 0.05/120
-    assert "lr_high: validation loss -0.50 % vs baseline, within noise." in text
+    assert "lr_high: validation loss per token -0.50 % vs baseline, within noise." in text
     assert "Best configuration: steps_240" in text
 
 
@@ -142,3 +142,66 @@ def test_fine_tuned_against_base_with_exact_match_and_sample_answers(outputs):
     md = write_report(rep, outputs, None).read_text()
     assert "## Sample answers: steps_240 against the base model" in md and "| 2 + 3 = 6 [wrong] |" in md
     assert "exact_match 10.0%" in md  # the base model's line, as a percentage
+
+
+def _data_run(out, name, per_token, group=None, seed=3407, tokenizer="tok-A", train_rows=300, epochs=0.3, bytes_per_token=4.0, **config):
+    """A run whose 40 validation conversations each have 10 reply tokens and their losses given by hand."""
+    cfg = ExperimentConfig(experiment=name, group=group, **{"train": {"seed": seed}, **config}).to_dict()
+    nll = [10 * loss for loss in per_token]
+    val_loss = sum(nll) / (10 * len(nll))
+    reply_bytes = [int(10 * bytes_per_token)] * len(nll)
+    runs.write_json_atomic(out / name / "metrics.json", {
+        "experiment": name, "status": "complete", "config": cfg, "config_hash": "h",
+        "data": {"fingerprint": "split-A", "tokenizer_fingerprint": tokenizer, "epochs": epochs,
+                 "train": {"examples": train_rows}, "validation": {"conversations": 40}, "test": {"conversations": 40},
+                 "selection": {"held_out_copies_removed": {"exact": 1, "near": 2}}},
+        "train": {"final_loss": 1.0, "final_eval_loss": val_loss, "total_steps": 20, "training_time_seconds": 10.0,
+                  "tokens_per_second": 100.0, "peak_memory_mb": 1000.0, "history": [{"step": 1, "loss": 2.0}], "eval_history": []},
+        "eval": {"val_loss": val_loss, "test_loss": val_loss, "perplexity": math.exp(val_loss), "split_fingerprint": "split-A",
+                 "tokenizer_fingerprint": tokenizer, "val_bits_per_byte": sum(nll) / math.log(2) / sum(reply_bytes),
+                 "per_conversation": {"validation": {"nll": nll, "tokens": [10] * len(nll), "bytes": reply_bytes}}},
+    })
+
+
+def _losses(offset, spread=0.3):
+    return [1.0 + offset + spread * math.sin(i) for i in range(40)]  # conversations differ, a run shifts them all
+
+
+def test_data_centric_runs_are_ranked_with_paired_intervals_and_controls(tmp_path):
+    out = tmp_path / "outputs"
+    for seed, shift in [(1, 0.0), (2, 0.01), (3, -0.01)]:
+        _data_run(out, f"baseline-seed{seed}", _losses(shift), group="baseline", seed=seed)
+    _data_run(out, "quality", _losses(-0.05), train_rows=239, data={"select": {"min_score": 3.0}})
+    _data_run(out, "dedup", [x + (0.02 if i % 2 else -0.02) for i, x in enumerate(_losses(0.0))], train_rows=291,
+              data={"select": {"dedup": "near"}})
+    _data_run(out, "long", _losses(0.02), epochs=2.5, train={"max_steps": 200})
+    rep = Report(out)
+    rows = rep.ranked.set_index("group")
+    assert rep.measure == "val_loss"
+    assert rows.loc["quality", "paired_verdict"] == "better" and rows.loc["quality", "paired_high"] < 0
+    assert rows.loc["quality", "paired_delta"] == pytest.approx(-0.05, abs=1e-9)
+    assert rows.loc["dedup", "paired_verdict"] == "unclear"  # up on half, down on half: no gain
+    assert rows.loc["quality", "data"] == "score >= 3" and rows.loc["baseline", "data"] == "pool"
+    text = "\n".join(rep.findings)
+    assert "quality filters its training rows (score >= 3, 239 rows) but no run draws as many rows at random" in text
+    assert "dedup filters its training rows (dedup near, 291 rows)" in text
+    assert "long sees its training rows 2.5 times" in text
+    assert "none of the 80 held-out conversations is in any run's training rows" in text and "baseline 3" in text
+    assert "quality: validation loss" in text and "(95 % bootstrap interval): better" in text
+
+    _data_run(out, "quality_control", _losses(-0.05), train_rows=239, data={"select": {"max_rows": 239}})
+    text = "\n".join(Report(out).findings)
+    assert "quality against its size-matched random control quality_control (239 rows each)" in text
+    assert "not distinguishable from dropping rows at random" in text
+
+
+def test_runs_with_different_tokenizers_are_ranked_on_bits_per_byte(tmp_path):
+    out = tmp_path / "outputs"
+    _data_run(out, "baseline", _losses(0.0))  # 1.0 nats per token at 4 bytes per token
+    # Another tokenizer: fewer, longer tokens. Higher loss per token, lower per byte.
+    _data_run(out, "other_model", _losses(0.4), tokenizer="tok-B", bytes_per_token=8.0)
+    rep = Report(out)
+    assert rep.measure == "val_bpb" and list(rep.ranked["group"]) == ["other_model", "baseline"]
+    assert rep.ranked.set_index("group").loc["other_model", "paired_verdict"] == "better"
+    assert "Ranked on validation bits per byte of reply text: the runs use 2 different tokenizers" in rep.findings[0]
+    assert "bits per byte of reply text" in write_report(rep, out, None).read_text()
