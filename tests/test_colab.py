@@ -52,7 +52,9 @@ def test_grid_holds_the_reports_values():
         assert cfg.train.eval_steps == min(250, cfg.train.eval_steps) and cfg.train.eval_steps <= cfg.train.max_steps
     assert grid["steps_1000"].train.eval_steps == 250 and grid["baseline"].seeds == [3407, 1, 2]
     assert grid["model_3b"].model.name == "unsloth/Llama-3.2-3B-Instruct"
-    assert grid["data_ultrachat"].data.source != "mlabonne/FineTome-100k"
+    ultrachat = grid["data_ultrachat"].data
+    assert ultrachat.source == "mlabonne/FineTome-100k"  # measured on the same held-out conversations
+    assert [s.source for s in ultrachat.train_sources] == ["HuggingFaceH4/ultrachat_200k"]  # trained on another source
 
 
 def test_backend_choice(monkeypatch):
