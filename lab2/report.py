@@ -68,6 +68,10 @@ def findings(ranked: pd.DataFrame, effects: dict[str, pd.DataFrame], baseline: s
                     f"No clear diminishing returns for {name} up to {_fmt_value(rows['value'].iloc[-1])}: the last segment lowered the loss by "
                     f"{last:.3g} per unit, {100 * last / first:.0f} % of the first segment's {first:.3g}; try larger values."
                 )
+    if noise is not None and (ranked["paired_verdict"].isin(["better", "worse"])).any():
+        lines.append("Paired intervals resample the held-out conversations, not the training seeds: they say whether these trained "
+                     "models differ on these conversations. Whether the change itself does is settled only where the seed-noise "
+                     "verdict agrees.")
     for _, row in ranked.iterrows():
         if row["group"] != baseline:
             paired = "" if row["paired_verdict"] == "not recorded" else (

@@ -188,6 +188,7 @@ def test_data_centric_runs_are_ranked_with_paired_intervals_and_controls(tmp_pat
     assert "long sees its training rows 2.5 times" in text
     assert "none of the 80 held-out conversations is in any run's training rows" in text and "baseline 3" in text
     assert "quality: validation loss" in text and "(95 % bootstrap interval): better" in text
+    assert "Paired intervals resample the held-out conversations, not the training seeds" in text
 
     _data_run(out, "quality_control", _losses(-0.05), train_rows=239, data={"select": {"max_rows": 239}})
     text = "\n".join(Report(out).findings)
