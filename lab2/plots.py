@@ -54,3 +54,22 @@ def plot_cost_vs_benefit(ranked: pd.DataFrame):
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
+
+
+def plot_paired_differences(ranked: pd.DataFrame, noise: float | None, unit: str = "nats per token"):
+    """Each run's difference from the baseline on the same conversations, with its bootstrap 95 % interval,
+    and the band of twice the seed noise around zero: left of zero is better."""
+    rows = ranked[ranked["paired_delta"].notna()].sort_values("paired_delta")
+    fig, ax = plt.subplots(figsize=(7, 0.5 * max(len(rows), 1) + 1.6))
+    y = list(range(len(rows)))
+    ax.errorbar(rows["paired_delta"], y, xerr=[rows["paired_delta"] - rows["paired_low"], rows["paired_high"] - rows["paired_delta"]],
+                fmt="o", capsize=4)
+    if noise:
+        ax.axvspan(-2 * noise, 2 * noise, color="grey", alpha=0.15, label="within 2 sigma of seed noise")
+        ax.legend(fontsize=8, loc="best")
+    ax.axvline(0, color="black", lw=1)
+    ax.set_yticks(y, rows["group"])
+    ax.set(xlabel=f"difference from the baseline ({unit}; left is better)", title="paired on the same conversations (95 % intervals)")
+    ax.grid(alpha=0.3, axis="x")
+    fig.tight_layout()
+    return fig

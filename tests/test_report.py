@@ -206,3 +206,4 @@ def test_runs_with_different_tokenizers_are_ranked_on_bits_per_byte(tmp_path):
     assert rep.ranked.set_index("group").loc["other_model", "paired_verdict"] == "better"
     assert "Ranked on validation bits per byte of reply text: the runs use 2 different tokenizers" in rep.findings[0]
     assert "bits per byte of reply text" in write_report(rep, out, None).read_text()
+    assert (out / "report_figures" / "paired_differences.png").stat().st_size > 1000
