@@ -7,9 +7,9 @@ some a system prompt that changes the style of the answer. Rows whose last reply
 right answer (arithmetic, capitals, spelling backwards, unit conversion, sorting) carry it
 as `answer`: evaluation scores exact-match accuracy on them.
 
-No row appears twice. A fifth are drawn noisy (100 of the shipped 400, once repeats are redrawn),
-as scraped data is: a wrong answer or a reply cut off part-way, with a low quality `score`
-(1.0-2.5; clean rows 3.5-5.0), for a data-centric experiment to find. `answer` is always the
+No row appears twice. Each row is drawn noisy with probability 0.2 (once repeats are redrawn, 100
+of the shipped 400 are noisy), as scraped data is: a wrong answer or a reply cut off part-way,
+with a low quality `score` (1.0-2.5; clean rows 3.5-5.0), for a data-centric experiment to find. `answer` is always the
 right answer. A second file in Alpaca's format (`data/sample_alpaca.jsonl`: one-answer tasks,
 no scores, none equal to a row of the first) is another source to mix in.
 `python -m lab2 sample-data` rewrites both; a test checks the shipped files match.
