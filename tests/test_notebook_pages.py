@@ -85,7 +85,7 @@ def test_landing_page_in_a_real_browser(demo_checkout, tmp_path):
         page.goto((out / "index.html").as_uri())
         rows = page.locator("table").first.locator("tbody tr")  # the experiments; the sample answers follow
         assert [rows.nth(i).locator("td").first.inner_text() for i in range(rows.count())] == groups
-        assert page.locator("img[src^='report_figures/']").count() == 3
+        assert page.locator("img[src^='report_figures/']").count() == 4  # loss curves, by factor, cost against benefit, paired differences
         page.screenshot(path=str(tmp_path / "index.png"), full_page=True)
         page.locator("a", has_text="train").first.click()
         page.wait_for_load_state()

@@ -127,10 +127,12 @@ def test_real_weights_export_faithfully_in_chatml(exported):
     assert json.loads((exported / "merged" / "generation_config.json").read_text())["eos_token_id"] == 2
 
 
-def test_the_app_streams_a_right_answer_from_the_fine_tuned_q4_k_m(exported, tmp_path):
+def test_the_app_streams_a_right_answer_from_the_fine_tuned_q8_0(exported, tmp_path):
+    # Q8_0, not Q4_K_M: after this 3-step fine-tune on the regenerated data, SmolLM2-135M's Q4_K_M answered
+    # "La femme de France, le grand-mère de" where f16 and q8_0 said Paris (4-bit is lossy at 135M parameters).
     from lab2.app import ChatModel, build_app, load_llm
 
-    gguf = exported / "gguf" / "smol.q4_k_m.gguf"
+    gguf = exported / "gguf" / "smol.q8_0.gguf"
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -141,7 +143,7 @@ def test_the_app_streams_a_right_answer_from_the_fine_tuned_q4_k_m(exported, tmp
     finally:
         app.close()
     reply = seen[-1]
-    print(f"\nthe fine-tuned SmolLM2 Q4_K_M, in Chromium: {reply!r}")
+    print(f"\nthe fine-tuned SmolLM2 Q8_0, in Chromium: {reply!r}")
     assert "Paris" in reply, reply
     assert len({text for text in seen if text}) > 1, "the reply did not stream in pieces"
     assert "<|im_end|>" not in reply and "<|im_start|>" not in reply  # stopped at its end-of-turn token
