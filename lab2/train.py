@@ -154,6 +154,17 @@ def non_finite_loss_guard():
     return StopOnNonFiniteLoss()
 
 
+def checkpoint_announcer(experiment: str):
+    """A callback that prints one line per saved checkpoint: where a re-run would resume from."""
+    from transformers import TrainerCallback
+
+    class AnnounceCheckpoints(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            print(f"{experiment}: checkpoint-{state.global_step} saved (a re-run resumes from here)", flush=True)
+
+    return AnnounceCheckpoints()
+
+
 def reply_token_loss(model, inputs: dict, num_items_in_batch=None) -> torch.Tensor:
     """The model's own causal-LM loss, with the LM head applied only where a label is.
 
@@ -330,7 +341,7 @@ def train_experiment(cfg: ExperimentConfig, model, tokenizer, splits: Splits, ex
         train_dataset=splits.train,
         eval_dataset=splits.validation,
         processing_class=tokenizer,
-        callbacks=[nan_guard],
+        callbacks=[nan_guard, checkpoint_announcer(cfg.experiment)],
     )
     trainer.run_identity = identity
     try:
