@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 
@@ -16,8 +17,9 @@ def load_bench():
 
 
 def test_refuses_cleanly_without_a_gpu(tmp_path):
+    # CUDA_VISIBLE_DEVICES="": a machine without a GPU, also where the suite runs on one.
     done = subprocess.run([sys.executable, "bench/gpu_backends.py", "--workdir", str(tmp_path)],
-                          capture_output=True, text=True, cwd=REPO)
+                          capture_output=True, text=True, cwd=REPO, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.strip().splitlines() == [done.stderr.strip()] and "needs a CUDA GPU" in done.stderr
     assert list(tmp_path.iterdir()) == []  # nothing was run or written

@@ -59,7 +59,8 @@ def test_grid_holds_the_reports_values():
 
 def test_backend_choice(monkeypatch):
     section = ExperimentConfig(experiment="b").model
-    assert backend.resolve_backend(section) == "hf"  # this CPU machine
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert backend.resolve_backend(section) == "hf"  # a CPU machine
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(backend.importlib.util, "find_spec", lambda name: object() if name == "unsloth" else None)
     assert backend.resolve_backend(section) == "unsloth"
@@ -68,7 +69,8 @@ def test_backend_choice(monkeypatch):
     assert backend.resolve_backend(section) == "hf"  # CUDA without unsloth installed
 
 
-def test_unsloth_without_a_gpu_is_refused_clearly():
+def test_unsloth_without_a_gpu_is_refused_clearly(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a CPU machine, also where the suite runs on a GPU
     cfg = ExperimentConfig(experiment="u", model={"backend": "unsloth"})
     with pytest.raises(ValueError, match="unsloth needs an NVIDIA GPU"):
         modeling.load_trainable_model(cfg)

@@ -114,6 +114,7 @@ def test_notebooks_import_unsloth_before_transformers_trl_peft(notebook, standin
     params = unsloth_params(params_tree)
     extra = {"use_drive": False, "install_packages": False, "launch_chat": False} if notebook == "lab2.ipynb" else {}
     monkeypatch.setenv("LAB2_STANDIN_STOP", "1")  # the notebook stops at the import, once the order is recorded
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # the kernel sees no GPU, also where the suite runs on one
     with pytest.raises(papermill.PapermillExecutionError, match="stand-in unsloth: import order recorded"):
         papermill.execute_notebook(str(REPO / "notebooks" / notebook), str(tmp_path / notebook),
                                    parameters={"params_path": str(params), "output_root": str(tmp_path / "out"), **extra},
@@ -123,7 +124,7 @@ def test_notebooks_import_unsloth_before_transformers_trl_peft(notebook, standin
 
 def test_cli_train_imports_unsloth_first(standin, params_tree, tmp_path):
     done = subprocess.run([sys.executable, "-m", "lab2", "train", str(unsloth_params(params_tree)), "--out", str(tmp_path)],
-                          capture_output=True, text=True, cwd=REPO)
+                          capture_output=True, text=True, cwd=REPO, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})  # no GPU, even on one
     # Without a GPU the run stops when the (stand-in) model is loaded, after the import was recorded.
     assert done.returncode == 2 and "unsloth needs an NVIDIA GPU" in done.stderr
     assert_unsloth_came_first(standin)
@@ -202,8 +203,9 @@ def test_auto_dtype_uses_bf16_only_where_it_is_native(monkeypatch, capability, e
     assert backend.resolve_dtype("float32") is torch.float32  # an explicit choice is kept
 
 
-def test_cpu_dtype_is_float32():
-    assert not torch.cuda.is_available() and backend.resolve_dtype("auto") is torch.float32
+def test_cpu_dtype_is_float32(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a CPU machine, also where the suite runs on a GPU
+    assert backend.resolve_dtype("auto") is torch.float32
 
 
 def test_hf_backend_and_evaluation_load_in_the_resolved_dtype(monkeypatch, tiny_model_dir):
