@@ -17,7 +17,7 @@ RAY_ADDRESS ?=
 GPUS_PER_EXPERIMENT ?=
 SHARD ?=
 
-.PHONY: setup real-model sweep report export app bench bench-gpu test colab-rehearsal validate clean
+.PHONY: setup real-model sweep report export app bench bench-gpu test colab-rehearsal validate clean screenshot
 
 # Installs come in stages (lab2/install.py, the same code the Colab notebook runs), every version
 # from constraints.txt. `make sweep` needs only the first; the others come on first use. The models
@@ -96,6 +96,11 @@ bench-gpu: setup
 # The Colab notebook in a bare venv through its own install cell, on CPU with the tiny model.
 colab-rehearsal: setup $(TINY)/config.json
 	$(PY) -m lab2.colab_rehearsal
+
+# docs/img/landing.png, the README's picture: the demo's real report page in Debian's Chromium.
+screenshot: $(VENV)/.test /usr/bin/chromium
+	$(MAKE) sweep report
+	$(PY) -m lab2.screenshot --out $(OUT) --to docs/img/landing.png
 
 validate: $(VENV)/.installed
 	$(PY) -m lab2 validate $(SWEEP)

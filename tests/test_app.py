@@ -8,10 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from lab2.app import ChatModel, InputTooLong, build_app, load_llm, to_messages
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run", "--disable-quic"]
+from lab2.screenshot import CHROMIUM, CHROMIUM_ARGS  # one definition, shared with `make screenshot`
 
 
 @pytest.fixture(scope="module")

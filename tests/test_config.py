@@ -205,8 +205,8 @@ def test_base_yaml_spells_out_exactly_the_code_defaults():
 
 
 def test_readme_validate_example_is_the_real_output(demo_model):
-    """The README's console example is checked, not typed: a changed hash must be changed there too."""
-    readme = (REPO / "README.md").read_text()
+    """The params page's console example is checked, not typed: a changed hash must be changed there too."""
+    readme = (REPO / "docs" / "params.md").read_text()
     example = next(line for line in readme.splitlines() if line.startswith("ok   params/demo/baseline.yaml"))
     real = subprocess.run([sys.executable, "-m", "lab2", "validate", "params/demo/baseline.yaml"], cwd=REPO,
                           capture_output=True, text=True, timeout=120).stdout.strip()
@@ -214,7 +214,7 @@ def test_readme_validate_example_is_the_real_output(demo_model):
 
 
 def test_readme_typo_example_is_the_real_message(params_tree):
-    readme = (REPO / "README.md").read_text()
+    readme = (REPO / "docs" / "params.md").read_text()
     example = next(line for line in readme.splitlines() if line.startswith("error: params/demo/typo.yaml: "))
     typo = params_tree("demo/typo.yaml", {"train": {"lerning_rate": 5e-3}})
     with pytest.raises(ConfigError) as info:
@@ -256,3 +256,15 @@ def test_a_bundled_template_whose_tokens_the_model_lacks_is_refused(params_tree,
     with pytest.raises(ConfigError, match=r"llama-3.1 writes <\|end_header_id\|>"):
         load_tokenizer(str(model), "llama-3.1")
     assert load_tokenizer(str(model), "model").chat_template.startswith("{% for m in messages %}<|im_start|>")
+
+
+def test_the_front_page_is_short_and_every_link_resolves():
+    import re
+
+    readme = (REPO / "README.md").read_text()
+    assert len(readme.encode()) <= 6200
+    links = re.findall(r"\]\(((?:docs|notebooks)/[^)#]+)\)", readme)
+    assert len(links) >= 10 and all((REPO / link).exists() for link in links), links
+    for page in (REPO / "docs").glob("*.md"):
+        for link in re.findall(r"\]\(([^)#:]+\.md)\)", page.read_text()):
+            assert (page.parent / link).exists(), (page.name, link)

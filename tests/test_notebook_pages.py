@@ -74,7 +74,7 @@ def test_landing_page_in_a_real_browser(demo_checkout, tmp_path):
     from playwright.sync_api import sync_playwright
 
     from lab2.report import Report
-    from tests.test_app import CHROMIUM, CHROMIUM_ARGS
+    from lab2.screenshot import CHROMIUM, CHROMIUM_ARGS, landing_page_png, png_size
 
     out = demo_checkout / "outputs"
     groups = list(Report(out).ranked["group"])
@@ -94,4 +94,7 @@ def test_landing_page_in_a_real_browser(demo_checkout, tmp_path):
         assert page.locator("img[src^='data:image/png']").count() >= 1  # the loss plot, embedded
         page.screenshot(path=str(tmp_path / "train.png"), full_page=True)
         browser.close()
-    print(f"screenshots: {tmp_path / 'index.png'} {tmp_path / 'train.png'}")
+    # What `make screenshot` writes for the README, from this real report.
+    shot = landing_page_png(out, tmp_path / "landing.png")
+    assert png_size(shot) == (1100, 1100) and shot.stat().st_size > 20_000
+    print(f"screenshots: {tmp_path / 'index.png'} {tmp_path / 'train.png'} {shot}")
