@@ -106,7 +106,7 @@ def test_browser_types_a_message_and_sees_the_streamed_reply(served, tmp_path):
     print(f"reply lengths seen while streaming: {sorted(set(lengths))[:12]}; screenshot {tmp_path / 'chat.png'}")
 
 
-def test_twenty_concurrent_chats_are_all_answered(served):
+def test_twenty_concurrent_chats_are_each_answered_as_if_alone(served):
     from gradio_client import Client
 
     client = Client(served, verbose=False)
@@ -117,12 +117,17 @@ def test_twenty_concurrent_chats_are_all_answered(served):
 
     def ask(i):
         start = time.perf_counter()
-        reply = Client(served, verbose=False).predict(f"Question {i}: what is {i} plus {i}?", "Be brief.", 0.7, 32, 0.05, api_name="/chat")
+        # Greedy (temperature 0), and each chat its own length (16 + i new tokens): a chat's reply is one
+        # string, asked alone or among 19 others; another chat's tokens or settings in it would show.
+        reply = Client(served, verbose=False).predict(f"Question {i}: what is {i} plus {i}?", "Be brief.", 0.0, 16 + i, 0.05, api_name="/chat")
         return time.perf_counter() - start, reply
 
+    alone = [ask(i)[1] for i in range(20)]
     with ThreadPoolExecutor(max_workers=20) as pool:
         results = list(pool.map(ask, range(20)))
     latencies = sorted(t for t, _ in results)
-    assert all(reply for _, reply in results) and len(results) == 20
+    assert len(results) == 20 and all(reply for _, reply in results)  # every chat answered
+    assert [reply for _, reply in results] == alone  # each its own prompt's reply: no chat got another's tokens
+    assert len(set(alone)) > 1 and len(latencies) == 20 and latencies[0] > 0
     p50, p95 = statistics.median(latencies), latencies[int(0.95 * len(latencies)) - 1]
     print(f"20 concurrent chats: p50 {p50:.2f} s, p95 {p95:.2f} s, max {latencies[-1]:.2f} s")
