@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from lab2 import runs
@@ -169,11 +170,9 @@ def compare(groups: pd.DataFrame, baseline: str, noise: float | None, measure: s
 # --------------------------------------------------------------------------- paired, on the same conversations
 
 
-def per_conversation(complete: list[dict], group: str, measure: str) -> tuple["np.ndarray", "np.ndarray"] | None:
+def per_conversation(complete: list[dict], group: str, measure: str) -> tuple[np.ndarray, np.ndarray] | None:
     """(summed NLL, units) per validation conversation for a group, averaged over its seeds; units are
     tokens for val_loss, bytes x ln 2 for bits per byte. None when a run did not record them."""
-    import numpy as np
-
     nll, units = [], None
     for metrics in complete:
         if group_of(metrics) != group:
@@ -191,8 +190,6 @@ def per_conversation(complete: list[dict], group: str, measure: str) -> tuple["n
 def paired_difference(run: tuple, base: tuple, samples: int = BOOTSTRAP_SAMPLES, seed: int = 0) -> dict:
     """The aggregate measure of `run` minus `base` over the same conversations, and a bootstrap 95 %
     interval: conversations resampled with replacement, both aggregates recomputed on each sample."""
-    import numpy as np
-
     (nll_r, units_r), (nll_b, units_b) = run, base
     delta = nll_r.sum() / units_r.sum() - nll_b.sum() / units_b.sum()
     idx = np.random.default_rng(seed).integers(0, len(nll_r), size=(samples, len(nll_r)))
