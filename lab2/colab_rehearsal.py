@@ -228,10 +228,8 @@ def colab_like_kernel(workdir: Path) -> Path:
 
 
 def versions_in(python: Path, names) -> dict[str, str | None]:
-    code = ("import json, sys, importlib.metadata as m\n"
-            "def v(n):\n    try: return m.version(n)\n    except m.PackageNotFoundError: return None\n"
-            "print(json.dumps({n: v(n) for n in sys.argv[1:]}))")
-    return json.loads(run([python, "-c", code, *names], capture_output=True, text=True).stdout)
+    installed = install.installed_versions(str(python))
+    return {name: installed.get(normalize(name)) for name in names}
 
 
 def restarted_kernel_versions(workdir: Path) -> dict:

@@ -137,6 +137,11 @@ def pinned_versions(constraints: Path) -> dict[str, str]:
     return pins
 
 
+def environment_prefix(python: str) -> Path:
+    """sys.prefix of `python`'s environment (a venv, or Colab's system Python)."""
+    return Path(subprocess.run([python, "-c", "import sys; print(sys.prefix)"], capture_output=True, text=True, check=True).stdout.strip())
+
+
 def installed_versions(python: str) -> dict[str, str]:
     """{normalized name: version} of every distribution `python` sees."""
     code = ("import json, importlib.metadata as m\n"
@@ -183,15 +188,14 @@ def stage_pip_args(stage: str, repo: Path, python: str, constraints: Path) -> li
     if no_deps:
         commands.append(["--no-deps", "-c", str(constraints), *no_deps])
     if spec.get("beside"):
-        prefix = subprocess.run([python, "-c", "import sys; print(sys.prefix)"], capture_output=True, text=True).stdout.strip()
         # --no-deps: its dependencies (numpy, pyyaml, tqdm) come from the environment itself.
-        commands.append(["--no-deps", "--upgrade", "-c", str(constraints), "--target", str(gguf_reader_dir(prefix)), *spec["beside"]])
+        commands.append(["--no-deps", "--upgrade", "-c", str(constraints), "--target", str(gguf_reader_dir(environment_prefix(python))),
+                         *spec["beside"]])
     return commands
 
 
 def stamp_path(stage: str, python: str) -> Path:
-    prefix = subprocess.run([python, "-c", "import sys; print(sys.prefix)"], capture_output=True, text=True).stdout.strip()
-    return Path(prefix) / "lab2-installed" / f"{stage}.txt"
+    return environment_prefix(python) / "lab2-installed" / f"{stage}.txt"
 
 
 def stamp_text(repo: Path, keep_installed: bool) -> str:
