@@ -105,9 +105,10 @@ screenshot: $(VENV)/.test /usr/bin/chromium
 validate: $(VENV)/.installed
 	$(PY) -m lab2 validate $(SWEEP)
 
-# Two workers, a test file each at a time: most tests wait on kernels and subprocesses.
+# Two workers, a test file each at a time (the tests that read the `swept` fixture as one group, see
+# tests/conftest.py), longest first: most tests wait on kernels and subprocesses.
 test: $(VENV)/.test /usr/bin/chromium $(TINY)/config.json $(SMOL)/config.json
-	$(PY) -m pytest -q -n 2 --dist loadfile
+	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 
 # One sweep's results (OUT), never another's: `make clean SWEEP=params/smol` leaves outputs/demo alone.
 clean:

@@ -99,21 +99,22 @@ def run_experiment(
                         executed.replace(exp_dir / f"{stage}.failed.ipynb")
                     raise
                 ran[stage] = time.perf_counter() - stage_start
+                # Recorded as each stage ends: a sweep killed in the next stage keeps this one's time.
+                timing = (runs.read_metrics(exp_dir) or {}).get("timing") or {}
+                runs.update_metrics(exp_dir, timing={**timing, f"{stage}_notebook_seconds": ran[stage]})
     except Exception as exc:  # noqa: BLE001 - one experiment must not sink the sweep
         return Outcome(name, "failed", time.perf_counter() - start, error=_one_line_error(exc))
     metrics = runs.read_metrics(exp_dir)
-    if not ran:  # skipped: report the notebooks' times from when it ran
-        timing = metrics.get("timing", {})
-        return _outcome_from_metrics(name, "skipped", metrics, sum(timing.get(f"{stage}_notebook_seconds", 0.0) for stage, _ in STAGES))
     timing = dict(metrics.get("timing", {}))
-    timing.update({f"{stage}_notebook_seconds": seconds for stage, seconds in ran.items()})
-    fixed = sum(ran.values())
-    if "train" in ran:
-        timing["outside_training_seconds"] = ran["train"] - metrics["train"]["training_time_seconds"]
-        fixed -= metrics["train"]["training_time_seconds"]
-    if "evaluate" in ran:
-        fixed -= eval_compute_seconds(metrics)
-    timing["fixed_seconds"] = fixed
+    if not ran:  # skipped: report the notebooks' times from when it ran
+        return _outcome_from_metrics(name, "skipped", metrics, sum(timing.get(f"{stage}_notebook_seconds", 0.0) for stage, _ in STAGES))
+    # Each stage's latest time, whichever sweep ran it (an eval-only change re-runs evaluation alone). A
+    # stage run outside a sweep (`python -m lab2 train`) has no notebook time, and no share in fixed_seconds.
+    compute = {"train": metrics["train"]["training_time_seconds"], "evaluate": eval_compute_seconds(metrics)}
+    timed = [stage for stage, _ in STAGES if f"{stage}_notebook_seconds" in timing]
+    if "train" in timed:
+        timing["outside_training_seconds"] = timing["train_notebook_seconds"] - compute["train"]
+    timing["fixed_seconds"] = sum(timing[f"{stage}_notebook_seconds"] - compute[stage] for stage in timed)
     metrics = runs.update_metrics(exp_dir, timing=timing)
     return _outcome_from_metrics(name, "complete", metrics, sum(ran.values()))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 # One compute thread per process (torch, and the kernels, converters and servers the tests start, which
@@ -15,16 +16,45 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_DATA = REPO / "data" / "sample_conversations.jsonl"
+FAKE_TOKEN = "hf_" + "FakeTokenForTheSecretsTest0123456789abcdef"  # built here so no token-shaped string is tracked
 
-# The files that take minutes, longest first (measured on 2 cores). `make test` hands whole files to two
-# xdist workers in collection order; starting these first keeps the longest from starting last.
-SLOW_FILES = ["test_sweep.py", "test_real_model.py", "test_reliability.py", "test_colab.py", "test_ray.py",
-              "test_notebook_pages.py", "test_export.py", "test_app.py"]
+# The files whose tests read the `swept` fixture: `make test` hands them to one xdist worker as one unit
+# (pytest_xdist_make_scheduler below), so that the fixture is built once.
+SWEPT_FILES = ["test_sweep.py", "test_notebook_pages.py", "test_export.py", "test_app.py", "test_ray.py"]
+# Then the files that take a minute or more, longest first (measured on 2 cores): in this order
+# (--no-loadscope-reorder: xdist would otherwise start the files with the most tests first), the
+# longest do not start last.
+SLOW_FILES = ["test_colab.py", "test_real_model.py", "test_reliability.py", "test_unsloth.py"]
+
+
+def _unit(item) -> str:
+    return "swept" if item.path.name in SWEPT_FILES else item.path.name
+
+
+@pytest.hookimpl(tryfirst=True)  # before any fixture is set up
+def pytest_runtest_setup(item):
+    if "swept" in item.fixturenames and _unit(item) != "swept":
+        pytest.fail(f"{item.path.name} reads `swept` but is not in SWEPT_FILES (on another worker it would be built again)", pytrace=False)
 
 
 def pytest_collection_modifyitems(items):
-    rank = {name: i for i, name in enumerate(SLOW_FILES)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(SLOW_FILES)))  # stable: order within a file kept
+    rank = {name: i for i, name in enumerate(["swept"] + SLOW_FILES)}
+    items.sort(key=lambda item: rank.get(_unit(item), len(rank)))  # stable: the order within a file is kept
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """--dist loadfile, with SWEPT_FILES as one unit of work."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class SweptFilesTogether(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            file = super()._split_scope(nodeid)
+            return "swept" if Path(file).name in SWEPT_FILES else file
+
+    return SweptFilesTogether(config, log)
 
 
 @pytest.fixture(scope="session")
@@ -84,10 +114,40 @@ def params_tree(tmp_path, tiny_model_dir):
 
 
 @pytest.fixture(scope="session")
-def tiny_gguf(tiny_model_dir, tmp_path_factory) -> Path:
-    """The tiny model as an f16 GGUF, through llama.cpp's converter."""
-    from lab2.export import convert_to_gguf
+def swept(tmp_path_factory) -> Path:
+    """A folder shaped like the repository after `make sweep && make report && make export`: a two-run
+    demo sweep (baseline, lr_high) of the tiny model, which the sweep builds itself as on a first run
+    (256 wide: K-quants need multiples of 256). Built once per session with an HF token in the
+    environment, then only read; a test that changes it works on `copy_of_swept`. Relative paths, as a user
+    has them: nothing in OUT may name this machine."""
+    from lab2 import cli
 
-    out = tmp_path_factory.mktemp("gguf") / "tiny.f16.gguf"
-    convert_to_gguf(tiny_model_dir, out)
-    return out
+    checkout = tmp_path_factory.mktemp("swept") / "checkout"
+    (checkout / "data").mkdir(parents=True)
+    shutil.copy(SAMPLE_DATA, checkout / "data" / SAMPLE_DATA.name)
+    base = tiny_base(Path("models/tiny-llama"), max_steps=2, eval_steps=2, save_steps=2)
+    base["data"]["source"] = f"data/{SAMPLE_DATA.name}"
+    (checkout / "params" / "demo").mkdir(parents=True)
+    (checkout / "params" / "base.yaml").write_text(yaml.safe_dump(base))
+    (checkout / "params" / "demo" / "baseline.yaml").write_text("experiment: baseline\n")
+    (checkout / "params" / "demo" / "lr_high.yaml").write_text("train:\n  learning_rate: 5.0e-3\n")
+    here, token = os.getcwd(), os.environ.get("HF_TOKEN")
+    os.chdir(checkout)
+    os.environ["HF_TOKEN"] = FAKE_TOKEN  # in every kernel's environment; must reach no file in OUT
+    try:
+        assert cli.main(["sweep", "params/demo", "--out", "outputs"]) == 0
+        assert cli.main(["report", "--out", "outputs", "--sweep", "params/demo"]) == 0
+        assert cli.main(["export", "--out", "outputs"]) == 0  # the report's best, in f16, q8_0 and q4_k_m
+    finally:
+        os.chdir(here)
+        os.environ.pop("HF_TOKEN") if token is None else os.environ.update(HF_TOKEN=token)
+    return checkout
+
+
+def copy_of_swept(swept: Path, to: Path, exported: bool = True) -> Path:
+    """A copy of the swept checkout to change, its sweep the two runs again (without the report's
+    exp_best_combination.yaml); its model folder is linked, as runs only read it."""
+    skip = {"models", "exp_best_combination.yaml"} | (set() if exported else {"gguf", "merged", "export.ipynb"})
+    shutil.copytree(swept, to, symlinks=True, ignore=lambda folder, names: [n for n in names if n in skip])
+    (to / "models").symlink_to(swept / "models", target_is_directory=True)
+    return to

@@ -4,22 +4,32 @@ import socket
 import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
 from lab2.app import ChatModel, InputTooLong, build_app, load_llm, to_messages
+from lab2.export import choose_experiment
 from lab2.screenshot import CHROMIUM, CHROMIUM_ARGS  # one definition, shared with `make screenshot`
 
 
 @pytest.fixture(scope="module")
-def tuned(tiny_gguf):
-    return ChatModel(load_llm(str(tiny_gguf), n_ctx=512), "tiny.f16.gguf")
+def exported_gguf(swept) -> dict[str, Path]:
+    """The GGUFs `make export` wrote in the swept checkout, by format."""
+    out = swept / "outputs"
+    name = choose_experiment(out)
+    return {fmt: out / name / "gguf" / f"{name}.{fmt}.gguf" for fmt in ("f16", "q4_k_m")}
 
 
 @pytest.fixture(scope="module")
-def served(tuned, tiny_gguf):
-    """The app on 127.0.0.1 with the tiny GGUF as both models."""
-    base = ChatModel(load_llm(str(tiny_gguf), n_ctx=512), "tiny base")
+def tuned(exported_gguf):
+    return ChatModel(load_llm(str(exported_gguf["q4_k_m"]), n_ctx=512), exported_gguf["q4_k_m"].name)  # what `make app` serves
+
+
+@pytest.fixture(scope="module")
+def served(tuned, exported_gguf):
+    """The app on 127.0.0.1: the exported Q4_K_M, and its f16 standing in for the base model."""
+    base = ChatModel(load_llm(str(exported_gguf["f16"]), n_ctx=512), "f16 as base")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

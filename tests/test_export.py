@@ -1,52 +1,38 @@
-"""GGUF export of the tiny model end to end, fidelity included, and refusals."""
+"""GGUF export of the tiny model end to end (`make export` in the swept checkout), fidelity included, and refusals."""
 
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from lab2 import runs
-from lab2.config import ConfigError, load_config
+from lab2.config import ConfigError
 from lab2.export import choose_experiment
-from lab2.train import run
-from tests.conftest import tiny_base
 
 
-@pytest.fixture(scope="module")
-def trained_256(tmp_path_factory):
-    """A trained experiment on a 256-wide tiny Llama: K-quants need widths that are multiples of 256."""
-    import yaml
-
-    from lab2.modeling import build_tiny_llama
-
-    root = tmp_path_factory.mktemp("export")
-    model_dir = build_tiny_llama(root / "tiny-256", hidden_size=256)
-    params = root / "params" / "wide.yaml"
-    params.parent.mkdir()
-    params.write_text(yaml.safe_dump(tiny_base(model_dir, max_steps=2, eval_steps=2, save_steps=2)))
-    out = root / "outputs"
-    run(load_config(params), out)
-    return out / "wide"
+@pytest.fixture
+def exported(swept) -> Path:
+    """The experiment `make export` exported in the swept checkout (read only)."""
+    out = swept / "outputs"
+    return out / choose_experiment(out)
 
 
-def test_export_notebook_writes_three_faithful_formats(trained_256):
-    """export.ipynb itself, executed as `make export` executes it."""
+def test_make_export_runs_the_notebook_and_writes_three_faithful_formats(exported):
+    """`make export`: export.ipynb executed for the report's best experiment (the `swept` fixture ran it)."""
     import nbformat
 
-    from lab2.notebook_runner import run_notebook
-    from tests.conftest import REPO
-
-    executed = trained_256 / "export.ipynb"
-    run_notebook(REPO / "notebooks" / "export.ipynb", executed, {
-        "experiment": "wide", "output_root": str(trained_256.parent), "formats": ["f16", "q8_0", "q4_k_m"],
-        "num_perplexity_samples": 4}, show_cells=False)
-    export = runs.read_metrics(trained_256)["export"]
+    name = exported.name
+    export = runs.read_metrics(exported)["export"]
     formats = export["formats"]
-    printed = "".join(o.get("text", "") for c in nbformat.read(executed, as_version=4).cells for o in c.get("outputs", []))
-    assert "exporting wide" in printed and "--- q4_k_m" in printed
+    printed = "".join(o.get("text", "") for c in nbformat.read(exported / "export.ipynb", as_version=4).cells
+                      for o in c.get("outputs", []))
+    assert f"exporting {name}" in printed and "--- q4_k_m" in printed
     sizes = {fmt: formats[fmt]["size_bytes"] for fmt in formats}
-    for fmt in ("f16", "q8_0", "q4_k_m"):
-        assert (trained_256 / "gguf" / f"wide.{fmt}.gguf").stat().st_size == sizes[fmt]
+    assert set(sizes) == {"f16", "q8_0", "q4_k_m"}
+    for fmt in sizes:
+        assert (exported / "gguf" / f"{name}.{fmt}.gguf").stat().st_size == sizes[fmt]
         assert formats[fmt]["chat_template_matches_hf"] is True and formats[fmt]["serves_embedded_template"] is True
         assert formats[fmt]["samples"] and formats[fmt]["generation_tokens_per_second"] > 0
     assert sizes["f16"] > sizes["q8_0"] > sizes["q4_k_m"]
@@ -54,23 +40,26 @@ def test_export_notebook_writes_three_faithful_formats(trained_256):
     # Fidelity: perplexity of each GGUF against the merged HF model on the same test tokens.
     assert abs(formats["f16"]["perplexity_vs_hf_pct"]) < 1.0 and formats["f16"]["fidelity_ok"]
     assert abs(formats["q8_0"]["perplexity_vs_hf_pct"]) < 2.0 and formats["q8_0"]["fidelity_ok"]
-    assert runs.read_metrics(trained_256)["export"]["formats"].keys() == formats.keys()
-    modelfile = (trained_256 / "gguf" / "Modelfile").read_text()
-    assert "FROM ./wide.q4_k_m.gguf" in modelfile and 'PARAMETER stop "<|eot_id|>"' in modelfile
-    generation = (trained_256 / "merged" / "generation_config.json").read_text()
+    assert export["perplexity_samples"] == 8 and export["failed_formats"] == []
+    modelfile = (exported / "gguf" / "Modelfile").read_text()
+    assert f"FROM ./{name}.q4_k_m.gguf" in modelfile and 'PARAMETER stop "<|eot_id|>"' in modelfile
+    generation = (exported / "merged" / "generation_config.json").read_text()
     assert '"eos_token_id": 128009' in generation
 
 
-def test_a_format_outside_its_band_fails_make_export_in_one_line(trained_256):
+def test_a_format_outside_its_band_fails_make_export_in_one_line(exported, tmp_path):
     """Planted: q8_0's recorded perplexity 5 % *below* the HF model's (a drop is as suspect as a rise)."""
     from lab2.export import fidelity_failures
 
-    metrics = runs.read_metrics(trained_256)
+    name, out = exported.name, tmp_path / "outputs"
+    copy = out / name
+    shutil.copytree(exported, copy, ignore=shutil.ignore_patterns("merged", "checkpoints", "adapter"))
+    metrics = runs.read_metrics(copy)
     metrics["export"]["formats"]["q8_0"]["perplexity_vs_hf_pct"] = -5.0
-    runs.write_json_atomic(trained_256 / "metrics.json", metrics)
+    runs.write_json_atomic(copy / "metrics.json", metrics)
     assert fidelity_failures({"formats": {"f16": {"perplexity_vs_hf_pct": 1.5}}}) == [
         "f16 perplexity +1.50 % vs the merged HF model, outside ±1 %"]
-    result = subprocess.run([sys.executable, "-m", "lab2", "export", "--exp", "wide", "--out", str(trained_256.parent),
+    result = subprocess.run([sys.executable, "-m", "lab2", "export", "--exp", name, "--out", str(out),
                              "--formats", "f16", "q8_0", "q4_k_m"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == (
@@ -79,8 +68,9 @@ def test_a_format_outside_its_band_fails_make_export_in_one_line(trained_256):
     table = result.stdout.splitlines()
     assert any(line.startswith("q8_0") and "FAILED" in line for line in table)
     assert any(line.startswith("f16") and " ok " in line for line in table)
-    assert (trained_256 / "gguf" / "wide.q8_0.gguf").is_file()  # the files stay
-    assert runs.read_metrics(trained_256)["export"]["formats"]["q8_0"]["fidelity_ok"] is False
+    assert (copy / "gguf" / f"{name}.q8_0.gguf").is_file()  # the files stay
+    assert runs.read_metrics(copy)["export"]["formats"]["q8_0"]["fidelity_ok"] is False
+    assert runs.read_metrics(exported)["export"]["formats"]["q8_0"]["fidelity_ok"] is True  # the original untouched
 
 
 def fake_run(root, experiment, val_loss, group=None, seed=3407, fingerprint="same", status="complete"):

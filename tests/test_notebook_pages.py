@@ -3,42 +3,15 @@ OUT names the machine that ran it (no checkout path, no home folder)."""
 
 import os
 import re
-import shutil
 from pathlib import Path
 
 import nbformat
-import pytest
-import yaml
 
-from lab2 import cli
-from tests.conftest import REPO, SAMPLE_DATA, tiny_base
+from lab2.export import choose_experiment
+from tests.conftest import FAKE_TOKEN, REPO
 
 # What may still reach stderr in a healthy run: warnings a reader should see.
 ALLOWED_STDERR = [r"resuming from", r"truncat", r"non-finite"]
-
-
-@pytest.fixture(scope="module")
-def demo_checkout(tiny_model_dir, tmp_path_factory):
-    """A folder shaped like the repository (params/, models/, data/, relative paths), swept once."""
-    checkout = tmp_path_factory.mktemp("pages") / "checkout"
-    (checkout / "models").mkdir(parents=True)
-    (checkout / "data").mkdir()
-    shutil.copytree(tiny_model_dir, checkout / "models" / "tiny-llama")
-    shutil.copy(SAMPLE_DATA, checkout / "data" / SAMPLE_DATA.name)
-    base = tiny_base(Path("models/tiny-llama"), max_steps=2, eval_steps=2, save_steps=2)
-    base["data"]["source"] = f"data/{SAMPLE_DATA.name}"
-    (checkout / "params" / "demo").mkdir(parents=True)
-    (checkout / "params" / "base.yaml").write_text(yaml.safe_dump(base))
-    (checkout / "params" / "demo" / "baseline.yaml").write_text("experiment: baseline\n")
-    (checkout / "params" / "demo" / "lr_high.yaml").write_text("train:\n  learning_rate: 5.0e-3\n")
-    here = os.getcwd()
-    os.chdir(checkout)
-    try:  # what a user runs: make sweep && make report
-        assert cli.main(["sweep", "params/demo", "--out", "outputs"]) == 0
-        assert cli.main(["report", "--out", "outputs", "--sweep", "params/demo"]) == 0
-    finally:
-        os.chdir(here)
-    return checkout
 
 
 def stderr_texts(notebook: Path) -> list[str]:
@@ -46,29 +19,34 @@ def stderr_texts(notebook: Path) -> list[str]:
     return [o["text"] for c in cells for o in c.get("outputs", []) if o.get("output_type") == "stream" and o.get("name") == "stderr"]
 
 
-def test_executed_notebooks_have_no_red_box_but_allowed_warnings(demo_checkout):
-    pages = sorted((demo_checkout / "outputs").glob("*/*.ipynb")) + [demo_checkout / "outputs" / "report.ipynb"]
-    assert [p.name for p in pages] == ["evaluate.ipynb", "train.ipynb"] * 2 + ["report.ipynb"]
+def test_executed_notebooks_have_no_red_box_but_allowed_warnings(swept):
+    out = swept / "outputs"
+    exported = choose_experiment(out)
+    pages = sorted(out.glob("*/*.ipynb")) + [out / "report.ipynb"]
+    assert [p.relative_to(out).as_posix() for p in pages] == sorted(
+        [f"{exp}/{page}.ipynb" for exp in ("baseline", "lr_high") for page in ("evaluate", "train")]
+        + [f"{exported}/export.ipynb"]) + ["report.ipynb"]
     unexpected = [(page.name, text[:100]) for page in pages for text in stderr_texts(page)
                   if text.strip() and not any(re.search(p, text) for p in ALLOWED_STDERR)]
     assert unexpected == []
-    html = "".join(str(o.get("data", {}).get("text/html", "")) for c in nbformat.read(pages[3], as_version=4).cells
+    html = "".join(str(o.get("data", {}).get("text/html", "")) for c in nbformat.read(out / "lr_high" / "train.ipynb", as_version=4).cells
                    for o in c.get("outputs", []))
     assert "<progress" in html and "Validation Loss" in html  # the Trainer's step table stays
 
 
-def test_outputs_name_no_machine_path(demo_checkout):
-    out = demo_checkout / "outputs"
+def test_outputs_name_no_machine_path_nor_the_token(swept):
+    out = swept / "outputs"
     injected = next(c for c in nbformat.read(out / "baseline" / "train.ipynb", as_version=4).cells
                     if "injected-parameters" in c.metadata.get("tags", []))
     assert 'params_path = "params/demo/baseline.yaml"' in injected.source and 'output_root = "outputs"' in injected.source
-    machine_paths = [str(demo_checkout), str(Path.home()).rstrip(os.sep) + os.sep, str(REPO)]
+    # The HF token was in every kernel's environment (the sweep's, the report's and the export's).
+    needles = [str(swept), str(Path.home()).rstrip(os.sep) + os.sep, str(REPO), FAKE_TOKEN]
     offenders = [f"{path.relative_to(out)} names {needle}" for path in out.rglob("*") if path.is_file()
-                 for needle in machine_paths if needle.encode() in path.read_bytes()]
+                 for needle in needles if needle.encode() in path.read_bytes()]
     assert offenders == []
 
 
-def test_landing_page_in_a_real_browser(demo_checkout, tmp_path):
+def test_landing_page_in_a_real_browser(swept, tmp_path):
     """OUT/index.html opened from disk: every group ranked, a run's link leads to its train page with
     the step table and the loss plot."""
     from playwright.sync_api import sync_playwright
@@ -76,7 +54,7 @@ def test_landing_page_in_a_real_browser(demo_checkout, tmp_path):
     from lab2.report import Report
     from lab2.screenshot import CHROMIUM, CHROMIUM_ARGS, landing_page_png, png_size
 
-    out = demo_checkout / "outputs"
+    out = swept / "outputs"
     groups = list(Report(out).ranked["group"])
     assert sorted(groups) == ["baseline", "lr_high"]
     with sync_playwright() as p:

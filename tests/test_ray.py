@@ -1,51 +1,61 @@
-"""EXECUTOR=ray: two tiny experiments in parallel on a local Ray instance, same results as local."""
+"""EXECUTOR=ray: the swept checkout's two experiments again, in parallel on a local Ray instance, one
+written in place in OUT and one in a worker's scratch folder and copied back; the same results as the
+local executor gave (the `swept` fixture)."""
 
-import functools
-import time
+import shutil
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from lab2 import runs
 from lab2.ray_executor import run_on_ray
 from lab2.sweep import run_sweep
+from tests.conftest import copy_of_swept
+
+EXPORT_ONLY = {"export.ipynb", "gguf", "merged"}  # what `make export` added to one experiment of the local sweep
 
 
-@pytest.fixture(scope="module")
-def local_ray():
+@pytest.fixture
+def local_ray(swept, tmp_path, monkeypatch):
+    """A copy of the swept checkout (its two params files, no outputs), with Ray started there: Ray's
+    workers start where the driver stood, so the params' relative paths resolve as in the sweep."""
     import ray
 
+    checkout = copy_of_swept(swept, tmp_path / "checkout", exported=False)
+    shutil.rmtree(checkout / "outputs")
+    monkeypatch.chdir(checkout)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
+    yield checkout
     ray.shutdown()
 
 
-def test_ray_executor_matches_the_local_one(local_ray, params_tree, tmp_path, capsys):
-    params_tree("pair/a.yaml", {"train": {"seed": 11}})
-    sweep = params_tree("pair/b.yaml", {"train": {"seed": 12}, "lora": {"r": 8, "alpha": 16}}).parent
-    start = time.perf_counter()
-    parallel = run_sweep(sweep, tmp_path / "ray", execute=run_on_ray)
-    parallel_seconds = time.perf_counter() - start
-    printed = capsys.readouterr().out
-    start = time.perf_counter()
-    sequential = run_sweep(sweep, tmp_path / "local")
-    sequential_seconds = time.perf_counter() - start
+def in_place_and_copied_back(plan, out_root):
+    """The first run in place in OUT and the second copied back, both at once on the one Ray instance."""
+    assert len(plan) == 2
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        in_place = pool.submit(run_on_ray, plan[:1], out_root, poll_seconds=1.0)
+        copied_back = pool.submit(run_on_ray, plan[1:], out_root, copy_back=True, poll_seconds=1.0)
+        return in_place.result() + copied_back.result()
 
-    assert [o.status for o in parallel] == ["complete", "complete"] == [o.status for o in sequential]
-    assert "[done 2/2]" in printed and "running" in printed
-    for name in ("a", "b"):
-        ray_files = sorted(p.relative_to(tmp_path / "ray") for p in (tmp_path / "ray" / name).rglob("*") if p.is_file())
-        local_files = sorted(p.relative_to(tmp_path / "local") for p in (tmp_path / "local" / name).rglob("*") if p.is_file())
-        assert ray_files == local_files
-        on_ray, here = runs.read_metrics(tmp_path / "ray" / name), runs.read_metrics(tmp_path / "local" / name)
-        assert on_ray["config_hash"] == here["config_hash"]
+
+def _files(folder):
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
+                  if p.is_file() and p.relative_to(folder).parts[0] not in EXPORT_ONLY)
+
+
+def test_ray_runs_match_the_local_ones_in_place_and_copied_back(local_ray, swept, tmp_path, capsys):
+    local = swept / "outputs"
+    outcomes = run_sweep(local_ray / "params" / "demo", tmp_path / "ray", execute=in_place_and_copied_back)
+    printed = capsys.readouterr().out
+    assert [(o.name, o.status) for o in outcomes] == [("baseline", "complete"), ("lr_high", "complete")]
+    assert printed.count("[done 1/1]") == 2
+    assert "running" in printed and "in flight" in printed  # the in-place run's status, the copied-back one's
+    for name in ("baseline", "lr_high"):
+        on_ray, here = runs.read_metrics(tmp_path / "ray" / name), runs.read_metrics(local / name)
+        assert _files(tmp_path / "ray" / name) == _files(local / name)
+        assert on_ray["status"] == "complete" and on_ray["config_hash"] == here["config_hash"]
         assert [h["loss"] for h in on_ray["train"]["history"]] == [h["loss"] for h in here["train"]["history"]]
         assert on_ray["eval"]["test_loss"] == here["eval"]["test_loss"]
-    print(f"2 experiments: {parallel_seconds:.1f} s in parallel on Ray vs {sequential_seconds:.1f} s one after the other")
-
-
-def test_ray_copy_back_unpacks_into_out(local_ray, params_tree, tmp_path):
-    sweep = params_tree("one/c.yaml", {}).parent
-    [outcome] = run_sweep(sweep, tmp_path / "out", execute=functools.partial(run_on_ray, copy_back=True))
-    assert outcome.status == "complete"
-    assert runs.read_metrics(tmp_path / "out" / "c")["status"] == "complete"
-    assert (tmp_path / "out" / "c" / "train.ipynb").is_file() and (tmp_path / "out" / "c" / "adapter").is_dir()
+    copied = tmp_path / "ray" / "lr_high"  # unpacked from the worker's tarball
+    assert (copied / "train.ipynb").is_file() and (copied / "adapter" / "adapter_model.safetensors").is_file()
+    assert not any(p.name.startswith("tmp") for p in (tmp_path / "ray").iterdir())  # no scratch folder in OUT

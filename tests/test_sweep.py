@@ -1,6 +1,7 @@
 """End to end: params files -> papermill-executed notebooks -> OUT/<exp>/metrics.json.
 
-One sweep history, to keep the suite fast: killed midway, resumed, skipped, changed, fixed.
+One sweep history, on a copy of the `swept` checkout to keep the suite fast: changed, killed midway,
+resumed, skipped, fixed, re-evaluated.
 """
 
 import os
@@ -9,31 +10,37 @@ import subprocess
 import sys
 import time
 
+from pathlib import Path
+
 import nbformat
 import psutil
 import pytest
 
 from lab2 import cli, notebook_runner, runs
+from lab2.config import load_config
+from tests.conftest import FAKE_TOKEN, copy_of_swept
 
-FAKE_TOKEN = "hf_" + "FakeTokenForTheSecretsTest0123456789abcdef"  # built here so no token-shaped string is tracked
-
-
-def _kill_sweep_after_first_experiment(sweep: str, out) -> None:
+def _kill_sweep_after_a_stage(sweep: str, out, params: str, stage: str) -> dict:
+    """Starts the sweep and kill -9s it and its kernel, as a power cut would, the moment it records that
+    the run of `params` (as they are now: its config hash) ended `stage`; returns its metrics as they were then."""
+    cfg = load_config(params)
     proc = subprocess.Popen([sys.executable, "-m", "lab2", "sweep", sweep, "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
+    deadline, metrics = time.time() + 300, {}
     while time.time() < deadline and proc.poll() is None:
-        if "evaluate_notebook_seconds" in (runs.read_metrics(out / "baseline") or {}).get("timing", {}):
-            break  # both stages done and recorded by the sweep
+        metrics = runs.read_metrics(out / cfg.experiment) or {}
+        if metrics.get("config_hash") == cfg.config_hash and f"{stage}_notebook_seconds" in metrics.get("timing", {}):
+            break
         time.sleep(0.2)
     assert proc.poll() is None, "the sweep ended before it could be killed"
     family = [proc.pid] + [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
-    for pid in family:  # the sweep and its kernel, as a power cut would
+    for pid in family:
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
     proc.wait()
     psutil.wait_procs([p for p in map(_process, family) if p], timeout=30)
+    return metrics
 
 
 def _process(pid):
@@ -43,21 +50,24 @@ def _process(pid):
         return None
 
 
-def test_sweep_end_to_end(params_tree, tmp_path, capsys, monkeypatch):
+def test_sweep_end_to_end(swept, tmp_path, capsys, monkeypatch):
+    """A copy of the swept checkout (baseline and lr_high complete), then a sweep history: changed, killed,
+    resumed, skipped, fixed, re-evaluated."""
+    checkout = copy_of_swept(swept, tmp_path / "checkout", exported=False)
+    monkeypatch.chdir(checkout)  # a user's relative paths: params/demo, outputs/
     monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)  # must never reach outputs/
-    junk = tmp_path / "junk.jsonl"
-    junk.write_text('{"conversations": [{"from": "alien", "value": "x"}]}\n')
-    params_tree("sweep/baseline.yaml", {})
-    changed = params_tree("sweep/lr_high.yaml", {"train": {"learning_rate": 5e-3}})
-    params_tree("sweep/typo.yaml", {"train": {"max_step": 3}})
-    junk_params = {"data": {"source": str(junk), "subset": None, "val_size": 1, "test_size": 1}}
-    params_tree("sweep/z_junk.yaml", junk_params)
-    out = tmp_path / "outputs"
-    sweep = str(changed.parent)
+    swept_lr_high = runs.read_metrics(swept / "outputs" / "lr_high")
+    (checkout / "junk.jsonl").write_text('{"conversations": [{"from": "alien", "value": "x"}]}\n')
+    write = lambda name, text: (checkout / "params" / "demo" / name).write_text(text)  # noqa: E731
+    write("lr_high.yaml", "train:\n  learning_rate: 4.0e-3\n")  # changed: lr_high runs again
+    write("typo.yaml", "train:\n  max_step: 3\n")
+    write("z_junk.yaml", "data:\n  source: junk.jsonl\n  subset: null\n  val_size: 1\n  test_size: 1\n")
+    sweep, out = "params/demo", Path("outputs")
 
-    # 1. Killed (-9) once the first experiment is done: a re-run finishes only what is missing.
-    _kill_sweep_after_first_experiment(sweep, out)
-    assert runs.read_metrics(out / "baseline")["status"] == "complete"
+    # 1. Killed (-9) once lr_high's training is recorded: a re-run skips baseline, and for lr_high runs
+    # only the stage that is missing (evaluation), keeping its training.
+    at_kill = _kill_sweep_after_a_stage(sweep, out, "params/demo/lr_high.yaml", "train")
+    assert at_kill["status"] == "complete" and "eval" not in at_kill
     assert cli.main(["sweep", sweep, "--out", str(out)]) == 1  # typo and z_junk fail, the others complete
     printed = capsys.readouterr().out
     assert "[1/4] baseline: skipped" in printed and "[2/4] lr_high: complete" in printed
@@ -65,8 +75,13 @@ def test_sweep_end_to_end(params_tree, tmp_path, capsys, monkeypatch):
     assert "[4/4] z_junk: failed" in printed and "no valid conversation (unknown role: 1)" in printed
     assert "1 run, 1 skipped, 2 failed; total" in printed
     assert "Traceback" not in printed
-    assert sorted(p.name for p in out.iterdir()) == ["baseline", "lr_high", "z_junk"]  # nothing for the bad file
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["baseline", "html", "lr_high", "report_figures", "z_junk"]
     assert sorted(p.name for p in (out / "z_junk").iterdir()) == ["train.failed.ipynb"]  # no half metrics.json
+    resumed = runs.read_metrics(out / "lr_high")
+    assert resumed["finished_at"] == at_kill["finished_at"] and resumed["train"] == at_kill["train"]  # not retrained
+    assert resumed["timing"]["train_notebook_seconds"] == at_kill["timing"]["train_notebook_seconds"]
+    assert resumed["config"]["train"]["learning_rate"] == 4e-3
+    assert len({resumed["config_hash"], swept_lr_high["config_hash"], runs.read_metrics(out / "baseline")["config_hash"]}) == 3
 
     for name in ("baseline", "lr_high"):
         metrics = runs.read_metrics(out / name)
@@ -91,9 +106,6 @@ def test_sweep_end_to_end(params_tree, tmp_path, capsys, monkeypatch):
         images = [o for c in notebook.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
         assert len(images) == 1  # the loss-curve plot rendered inline
         assert (out / name / "evaluate.ipynb").is_file()
-    first = runs.read_metrics(out / "lr_high")
-    assert first["config"]["train"]["learning_rate"] == 5e-3
-    assert runs.read_metrics(out / "baseline")["config_hash"] != first["config_hash"]
 
     # 2. Nothing changed: everything complete is skipped without starting a notebook (so no kernel);
     # only the failed z_junk is tried again. (Timings belong in make bench, not in a test.)
@@ -108,20 +120,17 @@ def test_sweep_end_to_end(params_tree, tmp_path, capsys, monkeypatch):
     assert "0 run, 2 skipped, 2 failed" in capsys.readouterr().out
     monkeypatch.setattr(sweep_module, "run_notebook", real_run_notebook)
 
-    # 3. Changed params are run again; a failed experiment is retried and its failed notebook kept.
-    params_tree("sweep/lr_high.yaml", {"train": {"learning_rate": 4e-3}})
-    params_tree("sweep/z_junk.yaml", {})
+    # 3. A failed experiment, fixed, is retried and its failed notebook kept.
+    write("z_junk.yaml", "experiment: z_junk\n")
     assert cli.main(["sweep", sweep, "--out", str(out)]) == 1  # typo still fails
-    assert "2 run, 1 skipped, 1 failed" in capsys.readouterr().out
-    rerun = runs.read_metrics(out / "lr_high")
-    assert rerun["config"]["train"]["learning_rate"] == 4e-3 and rerun["config_hash"] != first["config_hash"]
+    assert "1 run, 2 skipped, 1 failed" in capsys.readouterr().out
     assert runs.read_metrics(out / "z_junk")["status"] == "complete"
     assert (out / "z_junk" / "train.failed.ipynb").is_file()
 
     # 4. Changing only the eval section re-evaluates without retraining.
     shared_kernel_eval = runs.read_metrics(out / "baseline")["eval"]  # evaluated in the kernel that trained
     trained_at = runs.read_metrics(out / "baseline")["finished_at"]
-    params_tree("sweep/baseline.yaml", {"eval": {"prompts": ["Name a colour."]}})
+    write("baseline.yaml", "experiment: baseline\neval:\n  prompts: [Name a colour.]\n")
     cli.main(["sweep", sweep, "--out", str(out)])
     assert "1 run, 2 skipped, 1 failed" in capsys.readouterr().out
     again = runs.read_metrics(out / "baseline")
@@ -179,12 +188,11 @@ def test_ctrl_c_stops_the_sweep_in_one_line_and_leaves_no_kernel(params_tree, tm
         [sys.executable, "-m", "lab2", "sweep", str(sweep_dir), "--out", str(tmp_path / "out")],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
-    deadline, kernels = time.time() + 120, []
-    while time.time() < deadline and not kernels:
-        kernels = [c for c in psutil.Process(proc.pid).children(recursive=True) if "ipykernel" in " ".join(c.cmdline())]
+    executed, deadline, kernels = tmp_path / "out" / "baseline" / "train.ipynb", time.time() + 120, []
+    while time.time() < deadline and not (kernels and executed.is_file()):  # interrupted inside the notebook
+        kernels = kernels or [c for c in psutil.Process(proc.pid).children(recursive=True) if "ipykernel" in " ".join(c.cmdline())]
         time.sleep(0.2)
-    assert kernels, "no kernel started"
-    time.sleep(3)  # into the notebook
+    assert kernels and executed.is_file(), "no kernel started the notebook"
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130
