@@ -20,7 +20,7 @@ FAKE_TOKEN = "hf_" + "FakeTokenForTheSecretsTest0123456789abcdef"  # built here 
 
 # The files whose tests read the `swept` fixture: `make test` hands them to one xdist worker as one unit
 # (pytest_xdist_make_scheduler below), so that the fixture is built once.
-SWEPT_FILES = ["test_sweep.py", "test_notebook_pages.py", "test_export.py", "test_app.py", "test_ray.py"]
+SWEPT_FILES = ["test_sweep.py", "test_notebook_pages.py", "test_report.py", "test_export.py", "test_app.py", "test_ray.py"]
 # Then the files that take a minute or more, longest first (measured on 2 cores): in this order
 # (--no-loadscope-reorder: xdist would otherwise start the files with the most tests first), the
 # longest do not start last.

@@ -207,3 +207,24 @@ def test_runs_with_different_tokenizers_are_ranked_on_bits_per_byte(tmp_path):
     assert "Ranked on validation bits per byte of reply text: the runs use 2 different tokenizers" in rep.findings[0]
     assert "bits per byte of reply text" in write_report(rep, out, None).read_text()
     assert (out / "report_figures" / "paired_differences.png").stat().st_size > 1000
+
+
+def test_make_report_on_a_real_sweep_and_make_export_takes_its_best(swept):
+    """The `swept` checkout's report (`make report` after `make sweep`): its figures are the runs' own, and
+    `make export` exported the run it calls best."""
+    from lab2.export import choose_experiment
+
+    out = swept / "outputs"
+    rep = Report(out)
+    assert sorted(rep.ranked["group"]) == ["baseline", "lr_high"] and rep.baseline == "baseline"
+    assert rep.other_split.empty and rep.unfinished == []
+    for group, val_loss in zip(rep.ranked["group"], rep.ranked["val_loss"]):
+        assert val_loss == runs.read_metrics(out / group)["eval"]["val_loss"]
+    best = rep.best_run["experiment"]
+    assert best == rep.ranked["group"].iloc[0] == choose_experiment(out) and (out / best / "gguf").is_dir()
+    md = (out / "EXPERIMENT_REPORT.md").read_text()
+    assert f"Best configuration: {best} (validation loss" in md
+    assert "none of the 16 held-out conversations is in any run's training rows" in md  # 8 validation + 8 test
+    for name in ("loss_curves", "validation_loss_by_factor", "cost_against_benefit", "paired_differences"):
+        assert (out / "report_figures" / f"{name}.png").stat().st_size > 1000
+    assert (swept / "params" / "demo" / "exp_best_combination.yaml").read_text().startswith(GENERATED_MARK)
