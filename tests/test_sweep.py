@@ -135,6 +135,11 @@ def test_sweep_end_to_end(swept, tmp_path, capsys, monkeypatch):
     assert "1 run, 2 skipped, 1 failed" in capsys.readouterr().out
     again = runs.read_metrics(out / "baseline")
     assert again["finished_at"] == trained_at and again["eval"]["samples"][0]["prompt"] == "Name a colour."
+    timing = again["timing"]  # the training's time from its own sweep, the new evaluation's from this one
+    assert timing["train_notebook_seconds"] == runs.read_metrics(swept / "outputs" / "baseline")["timing"]["train_notebook_seconds"]
+    assert timing["fixed_seconds"] == pytest.approx(timing["train_notebook_seconds"] + timing["evaluate_notebook_seconds"]
+                                                    - again["train"]["training_time_seconds"] - again["eval"]["eval_seconds"]
+                                                    - again["eval"]["base"]["eval_seconds"])
     # Evaluated alone in a fresh kernel, the losses equal those from the kernel shared with training.
     for key in ("val_loss", "test_loss"):
         assert again["eval"][key] == shared_kernel_eval[key]
