@@ -27,19 +27,20 @@ SWEPT_FILES = ["test_sweep.py", "test_notebook_pages.py", "test_report.py", "tes
 SLOW_FILES = ["test_colab.py", "test_real_model.py", "test_reliability.py", "test_unsloth.py"]
 
 
-def _unit(item) -> str:
-    return "swept" if item.path.name in SWEPT_FILES else item.path.name
+def work_unit(test_file: str) -> str:
+    """What `make test` hands a worker whole: a test file, or all of SWEPT_FILES."""
+    return "swept" if test_file in SWEPT_FILES else test_file
 
 
 @pytest.hookimpl(tryfirst=True)  # before any fixture is set up
 def pytest_runtest_setup(item):
-    if "swept" in item.fixturenames and _unit(item) != "swept":
+    if "swept" in item.fixturenames and work_unit(item.path.name) != "swept":
         pytest.fail(f"{item.path.name} reads `swept` but is not in SWEPT_FILES (on another worker it would be built again)", pytrace=False)
 
 
 def pytest_collection_modifyitems(items):
     rank = {name: i for i, name in enumerate(["swept"] + SLOW_FILES)}
-    items.sort(key=lambda item: rank.get(_unit(item), len(rank)))  # stable: the order within a file is kept
+    items.sort(key=lambda item: rank.get(work_unit(item.path.name), len(rank)))  # stable: the order within a file is kept
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -51,8 +52,7 @@ def pytest_xdist_make_scheduler(config, log):
 
     class SweptFilesTogether(LoadFileScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            file = super()._split_scope(nodeid)
-            return "swept" if Path(file).name in SWEPT_FILES else file
+            return work_unit(Path(super()._split_scope(nodeid)).name)
 
     return SweptFilesTogether(config, log)
 
@@ -131,23 +131,20 @@ def swept(tmp_path_factory) -> Path:
     (checkout / "params" / "base.yaml").write_text(yaml.safe_dump(base))
     (checkout / "params" / "demo" / "baseline.yaml").write_text("experiment: baseline\n")
     (checkout / "params" / "demo" / "lr_high.yaml").write_text("train:\n  learning_rate: 5.0e-3\n")
-    here, token = os.getcwd(), os.environ.get("HF_TOKEN")
-    os.chdir(checkout)
-    os.environ["HF_TOKEN"] = FAKE_TOKEN  # in every kernel's environment; must reach no file in OUT
-    try:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(checkout)
+        patch.setenv("HF_TOKEN", FAKE_TOKEN)  # in every kernel's environment; must reach no file in OUT
         assert cli.main(["sweep", "params/demo", "--out", "outputs"]) == 0
         assert cli.main(["report", "--out", "outputs", "--sweep", "params/demo"]) == 0
         assert cli.main(["export", "--out", "outputs"]) == 0  # the report's best, in f16, q8_0 and q4_k_m
-    finally:
-        os.chdir(here)
-        os.environ.pop("HF_TOKEN") if token is None else os.environ.update(HF_TOKEN=token)
     return checkout
 
 
-def copy_of_swept(swept: Path, to: Path, exported: bool = True) -> Path:
-    """A copy of the swept checkout to change, its sweep the two runs again (without the report's
-    exp_best_combination.yaml); its model folder is linked, as runs only read it."""
-    skip = {"models", "exp_best_combination.yaml"} | (set() if exported else {"gguf", "merged", "export.ipynb"})
+def copy_of_swept(swept: Path, to: Path) -> Path:
+    """A copy of the swept checkout to change: its sweep the two runs again (without the report's
+    exp_best_combination.yaml), its outputs without the export's files; the model folder is linked, as
+    runs only read it."""
+    skip = {"models", "exp_best_combination.yaml", "gguf", "merged", "export.ipynb"}
     shutil.copytree(swept, to, symlinks=True, ignore=lambda folder, names: [n for n in names if n in skip])
     (to / "models").symlink_to(swept / "models", target_is_directory=True)
     return to

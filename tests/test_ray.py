@@ -21,7 +21,7 @@ def local_ray(swept, tmp_path, monkeypatch):
     workers start where the driver stood, so the params' relative paths resolve as in the sweep."""
     import ray
 
-    checkout = copy_of_swept(swept, tmp_path / "checkout", exported=False)
+    checkout = copy_of_swept(swept, tmp_path / "checkout")
     shutil.rmtree(checkout / "outputs")
     monkeypatch.chdir(checkout)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)

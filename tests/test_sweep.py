@@ -53,7 +53,7 @@ def _process(pid):
 def test_sweep_end_to_end(swept, tmp_path, capsys, monkeypatch):
     """A copy of the swept checkout (baseline and lr_high complete), then a sweep history: changed, killed,
     resumed, skipped, fixed, re-evaluated."""
-    checkout = copy_of_swept(swept, tmp_path / "checkout", exported=False)
+    checkout = copy_of_swept(swept, tmp_path / "checkout")
     monkeypatch.chdir(checkout)  # a user's relative paths: params/demo, outputs/
     monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)  # must never reach outputs/
     swept_lr_high = runs.read_metrics(swept / "outputs" / "lr_high")
