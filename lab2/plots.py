@@ -20,13 +20,14 @@ def plot_loss_curves(runs: dict[str, dict], title: str = "Loss"):
     for i, (label, train) in enumerate(runs.items()):
         colour = f"C{i % 10}"
         history, evals = train.get("history", []), train.get("eval_history", [])
-        if history:
-            ax.plot([h["step"] for h in history], [h["loss"] for h in history], color=colour, alpha=0.35, lw=1)
+        if history:  # named in the legend only where the run has no validation curve to name it
+            ax.plot([h["step"] for h in history], [h["loss"] for h in history], color=colour, alpha=0.35, lw=1,
+                    label=None if evals else f"{label} (train)")
         if evals:
             ax.plot([e["step"] for e in evals], [e["eval_loss"] for e in evals], "o-", color=colour, lw=2, label=f"{label} (val)")
     ax.set(xlabel="step", ylabel="loss (assistant tokens)", title=title)
     ax.grid(alpha=0.3)
-    if runs:
+    if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
     fig.tight_layout()
     return fig

@@ -228,3 +228,17 @@ def test_make_report_on_a_real_sweep_and_make_export_takes_its_best(swept):
     for name in ("loss_curves", "validation_loss_by_factor", "cost_against_benefit", "paired_differences"):
         assert (out / "report_figures" / f"{name}.png").stat().st_size > 1000
     assert (swept / "params" / "demo" / "exp_best_combination.yaml").read_text().startswith(GENERATED_MARK)
+
+
+def test_loss_curves_name_every_run_in_the_legend():
+    import warnings
+
+    from lab2.plots import plot_loss_curves
+
+    history = [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "no artists with labels" from an empty legend
+        fig = plot_loss_curves({"a": {"history": history, "eval_history": []},
+                                "b": {"history": history, "eval_history": [{"step": 2, "eval_loss": 1.7}]}})
+        assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["a (train)", "b (val)"]
+        assert plot_loss_curves({}).axes[0].get_legend() is None
