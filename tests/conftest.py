@@ -140,11 +140,14 @@ def swept(tmp_path_factory) -> Path:
     return checkout
 
 
+EXPORT_FILES = {"export.ipynb", "gguf", "merged"}  # what `make export` adds to an experiment's folder
+
+
 def copy_of_swept(swept: Path, to: Path) -> Path:
     """A copy of the swept checkout to change: its sweep the two runs again (without the report's
     exp_best_combination.yaml), its outputs without the export's files; the model folder is linked, as
     runs only read it."""
-    skip = {"models", "exp_best_combination.yaml", "gguf", "merged", "export.ipynb"}
+    skip = {"models", "exp_best_combination.yaml"} | EXPORT_FILES
     shutil.copytree(swept, to, symlinks=True, ignore=lambda folder, names: [n for n in names if n in skip])
     (to / "models").symlink_to(swept / "models", target_is_directory=True)
     return to

@@ -10,9 +10,7 @@ import pytest
 from lab2 import runs
 from lab2.ray_executor import run_on_ray
 from lab2.sweep import run_sweep
-from tests.conftest import copy_of_swept
-
-EXPORT_ONLY = {"export.ipynb", "gguf", "merged"}  # what `make export` added to one experiment of the local sweep
+from tests.conftest import EXPORT_FILES, copy_of_swept
 
 
 @pytest.fixture
@@ -40,7 +38,7 @@ def in_place_and_copied_back(plan, out_root):
 
 def _files(folder):
     return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
-                  if p.is_file() and p.relative_to(folder).parts[0] not in EXPORT_ONLY)
+                  if p.is_file() and p.relative_to(folder).parts[0] not in EXPORT_FILES)  # added to one local run by make export
 
 
 def test_ray_runs_match_the_local_ones_in_place_and_copied_back(local_ray, swept, tmp_path, capsys):
