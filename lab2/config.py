@@ -48,7 +48,8 @@ class _Section(BaseModel):
 class ModelSection(_Section):
     name: str = Field("unsloth/Llama-3.2-1B-Instruct", description="hub id or local folder")
     max_seq_length: PositiveInt = 2048
-    load_in_4bit: bool = True  # QLoRA on a GPU (a T4 needs it for the 3B); ignored with a warning on CPU
+    # QLoRA: nf4 weights through bitsandbytes, on a GPU and on a CPU alike (a T4 needs it for the 3B).
+    load_in_4bit: bool = True
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     # "auto": Unsloth when CUDA and the unsloth package are both there, else transformers + peft.
     backend: Literal["auto", "hf", "unsloth"] = "auto"
@@ -169,6 +170,13 @@ class EvalSection(_Section):
     compare_base: bool = True  # evaluate the base model (adapter off) with the same code
 
 
+class ExportSection(_Section):
+    # What a 4-bit run's adapter is merged into before GGUF: "dequantized", the nf4 weights it was trained
+    # and evaluated on; or "original", the checkpoint's 16-bit weights. The figures behind the default are
+    # in docs/export.md. A run trained without 4-bit always merges into the weights it trained on.
+    merge_base: Literal["dequantized", "original"] = "dequantized"
+
+
 class ExperimentConfig(_Section):
     experiment: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     # Repeats of one configuration share a group; the report shows their mean +- std.
@@ -180,6 +188,7 @@ class ExperimentConfig(_Section):
     data: DataSection = Field(default_factory=DataSection)
     train: TrainSection = Field(default_factory=TrainSection)
     eval: EvalSection = Field(default_factory=EvalSection)
+    export: ExportSection = Field(default_factory=ExportSection)
 
     @model_validator(mode="after")
     def _default_group(self) -> "ExperimentConfig":
@@ -203,8 +212,9 @@ class ExperimentConfig(_Section):
     def config_hash(self) -> str:
         """Identity of what training computes: a changed param means a new run.
 
-        The eval section is left out, so new prompts re-evaluate without retraining."""
-        data = {k: v for k, v in self.to_dict().items() if k != "eval"}
+        The eval and export sections are left out: new prompts re-evaluate, another merge re-exports,
+        neither retrains."""
+        data = {k: v for k, v in self.to_dict().items() if k not in ("eval", "export")}
         data["train"] = {k: v for k, v in data["train"].items() if k not in ("checkpoint_dir", "checkpoint_hub_repo")}
         return stable_hash(data)
 

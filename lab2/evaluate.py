@@ -261,7 +261,10 @@ def evaluate_experiment(model, tokenizer, splits, cfg, output_root=None) -> dict
             with model.disable_adapter():
                 results["base"] = evaluate_model(model, tokenizer, splits, cfg.eval)
             results["base"]["base_key"] = key
+    from lab2.modeling import precision_of
+
     results.update(
+        precision=precision_of(model),  # the model these figures describe (4-bit base or not)
         eval_hash=cfg.eval_hash,
         split_fingerprint=splits.stats["fingerprint"],
         tokenizer_fingerprint=splits.stats.get("tokenizer_fingerprint"),

@@ -52,25 +52,41 @@ def choose_experiment(output_root: str | Path, experiment: str | None = None) ->
 # --------------------------------------------------------------------------- building the files
 
 
-def merge_adapter(cfg: ExperimentConfig, adapter_dir: Path, out_dir: Path) -> Path:
-    """Base + adapter merged in 16 bit, saved with the chat template; generation ends at the template's
-    end-of-turn token (<|eot_id|> for Llama 3, <|im_end|> for ChatML)."""
+def merge_route(cfg: ExperimentConfig) -> str:
+    """What the adapter is merged into: "dequantized" (a 4-bit run's nf4 weights, as trained and evaluated),
+    "original" (the checkpoint's 16-bit weights), or the weights a run without 4-bit trained on."""
+    from lab2.modeling import uses_4bit
+
+    return cfg.export.merge_base if uses_4bit(cfg.model) else "as trained"
+
+
+def merge_adapter(cfg: ExperimentConfig, adapter_dir: Path, out_dir: Path) -> str:
+    """Base + adapter merged and saved in 16 bit with the chat template; generation ends at the template's
+    end-of-turn token (<|eot_id|> for Llama 3, <|im_end|> for ChatML). Returns the merge route.
+
+    A 4-bit run merges, by default, into its own nf4 weights dequantised: peft's merge on a `Linear4bit`
+    would round the sum back to 4 bit, so the layers are dequantised first and the merge is exact."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from lab2.modeling import end_of_turn_token, load_tokenizer
+    from lab2.modeling import end_of_turn_token, load_base_model, load_tokenizer
 
     tokenizer = load_tokenizer(cfg.model.name, cfg.data.chat_template)
-    # Always the 16-bit base, whatever precision training used (a 4-bit base cannot be merged exactly).
-    base = AutoModelForCausalLM.from_pretrained(cfg.model.name, dtype=torch.float16, low_cpu_mem_usage=True)
-    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    route = merge_route(cfg)
+    if route == "dequantized":
+        base = load_base_model(cfg.model).dequantize()  # nf4 -> the compute dtype, value for value
+    else:
+        base = AutoModelForCausalLM.from_pretrained(cfg.model.name, dtype=torch.float16, low_cpu_mem_usage=True)
+    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload().to(torch.float16)
+    if hasattr(merged.config, "quantization_config"):
+        del merged.config.quantization_config  # plain 16-bit weights now: a reader must not look for nf4 ones
     merged.generation_config.eos_token_id = tokenizer.convert_tokens_to_ids(end_of_turn_token(tokenizer))
     merged.generation_config.pad_token_id = tokenizer.pad_token_id
     merged.save_pretrained(out_dir, max_shard_size="2GB")
     tokenizer.save_pretrained(out_dir)
     del merged, base
-    return out_dir
+    return route
 
 
 # Each child reports its own peak at exit: /proc/self/status VmHWM belongs to the post-exec
@@ -224,10 +240,14 @@ def check_gguf(path: Path, tokenizer, test_dataset, prompts: list[str], max_toke
 # How far a format's perplexity may move from the merged HF model's, either way: a large drop is as
 # suspect as a rise (other tokens scored, a broken template). q4_k_m has no band; it is reported.
 FIDELITY_LIMITS_PCT = {"f16": 1.0, "q8_0": 2.0}
+# How far the merged 16-bit model may move from the model that was evaluated (base at its training
+# precision + adapter). Merged into the weights it trained on, only fp16 rounding separates them.
+# "original" for a 4-bit run swaps nf4 weights for the 16-bit ones: its band is measured, docs/export.md.
+MERGE_LIMITS_PCT = {"as trained": 1.0, "dequantized": 1.0, "original": 5.0}
 
 
 class ExportFidelityError(runs.RunFailed):
-    """A GGUF outside its fidelity band; the files stay, marked failed in metrics.json."""
+    """A step of the export outside its band; the files stay, marked failed in metrics.json."""
 
 
 def judge_fidelity(checks: dict) -> None:
@@ -238,16 +258,78 @@ def judge_fidelity(checks: dict) -> None:
         check["fidelity_ok"] = None if limit is None else abs(check["perplexity_vs_hf_pct"]) <= limit
 
 
+def judge_merge(merge: dict) -> None:
+    """The merge step's band and verdict (in place)."""
+    merge["limit_pct"] = MERGE_LIMITS_PCT[merge["route"]]
+    merge["ok"] = abs(merge["perplexity_vs_evaluated_pct"]) <= merge["limit_pct"]
+
+
 def fidelity_failures(export: dict) -> list[str]:
     judge_fidelity(export["formats"])
-    return [f"{fmt} perplexity {c['perplexity_vs_hf_pct']:+.2f} % vs the merged HF model, outside ±{c['fidelity_limit_pct']:g} %"
-            for fmt, c in export["formats"].items() if c.get("fidelity_ok") is False]
+    failures = []
+    merge = export.get("merge")
+    if merge:
+        judge_merge(merge)
+        if not merge["ok"]:
+            failures.append(f"merged model perplexity {merge['perplexity_vs_evaluated_pct']:+.2f} % vs the model as evaluated, "
+                            f"outside ±{merge['limit_pct']:g} %")
+    return failures + [f"{fmt} perplexity {c['perplexity_vs_hf_pct']:+.2f} % vs the merged HF model, outside ±{c['fidelity_limit_pct']:g} %"
+                       for fmt, c in export["formats"].items() if c.get("fidelity_ok") is False]
 
 
 def raise_on_fidelity_failures(export: dict) -> None:
     failures = fidelity_failures(export)
     if failures:
         raise ExportFidelityError(f"export failed its fidelity check: {'; '.join(failures)} (files kept, marked failed in metrics.json)")
+
+
+def identical_share(answers: list[str], reference: list[str]) -> float | None:
+    """Share of greedy answers that are the reference's, word for word."""
+    pairs = list(zip(answers, reference))
+    return sum(a.strip() == r.strip() for a, r in pairs) / len(pairs) if pairs else None
+
+
+def evaluated_model_figures(exp_dir: Path, metrics: dict, cfg: ExperimentConfig, tokenizer, test, split_fingerprint: str) -> dict:
+    """The model as evaluated, on the export's test conversations: the evaluation's own recorded
+    per-conversation NLL and greedy answers (the figures the report shows), or, where the run has no
+    evaluation on this split, the same model (base at its training precision + adapter) measured now."""
+    recorded = metrics.get("eval") or {}
+    figures = (recorded.get("per_conversation") or {}).get("test") or {}
+    tokens = [sum(1 for label in row[1:] if label != -100) for row in test["labels"]]
+    if recorded.get("split_fingerprint") == split_fingerprint and figures.get("tokens", [])[: len(tokens)] == tokens:
+        return {"nll": figures["nll"][: len(tokens)], "tokens": tokens, "answers": [s["output"] for s in recorded["samples"]],
+                "precision": recorded.get("precision") or metrics.get("precision"), "source": "the recorded evaluation"}
+    from lab2 import evaluate, modeling
+
+    model = modeling.load_trained_model(cfg, exp_dir / "adapter")
+    loss = evaluate.response_loss(model, test, tokenizer.pad_token_id, cfg.eval.batch_size)["per_conversation"]
+    answers = evaluate.generate_replies(model, tokenizer, [[{"role": "user", "content": p}] for p in cfg.eval.prompts],
+                                        cfg.eval.max_new_tokens, cfg.eval.batch_size)
+    figures = {"nll": loss["nll"], "tokens": loss["tokens"], "answers": answers, "precision": modeling.precision_of(model),
+               "source": "measured at export (no evaluation on this split recorded)"}
+    del model
+    return figures
+
+
+def mean_nll(figures: dict) -> float:
+    return sum(figures["nll"]) / max(sum(figures["tokens"]), 1)
+
+
+def export_chain(export: dict) -> list[dict]:
+    """evaluated -> merged -> each GGUF, one row per step: perplexity, its change from the step it is checked
+    against, that step's band and verdict, and the share of greedy sample answers identical to that step's."""
+    merge = export.get("merge")
+    rows = []
+    if merge:
+        rows.append({"step": "evaluated", "model": merge["evaluated_model"], "perplexity": merge["evaluated_perplexity"]})
+        rows.append({"step": "merged", "model": f"merged ({merge['route']}), saved in fp16", "against": "evaluated",
+                     "perplexity": export["hf_perplexity"], "change_pct": merge["perplexity_vs_evaluated_pct"],
+                     "limit_pct": merge["limit_pct"], "ok": merge["ok"], "identical_answers": merge["identical_answers"]})
+    for fmt, check in export["formats"].items():
+        rows.append({"step": fmt, "model": check["file"], "against": "merged", "perplexity": check["perplexity"],
+                     "change_pct": check["perplexity_vs_hf_pct"], "limit_pct": check.get("fidelity_limit_pct"),
+                     "ok": check.get("fidelity_ok"), "identical_answers": check.get("identical_answers_vs_hf")})
+    return rows
 
 
 def export_experiment(exp_dir: Path, formats: list[str], num_perplexity_samples: int = 16) -> dict:
@@ -266,7 +348,9 @@ def export_experiment(exp_dir: Path, formats: list[str], num_perplexity_samples:
     if set(formats) <= set(done) and all((gguf_dir / done[fmt]["file"]).is_file() for fmt in formats):
         # A new training run rewrites metrics.json without `export`, so this is the current adapter's export.
         print(f"{cfg.experiment}: already exported ({', '.join(formats)}); keeping those files and checks")
-        judge_fidelity(metrics["export"]["formats"])  # the verdicts of today's bands
+        fidelity_failures(metrics["export"])  # the verdicts of today's bands
+        if metrics["export"].get("merge"):
+            metrics["export"]["chain"] = export_chain(metrics["export"])
         runs.update_metrics(exp_dir, export=metrics["export"])
         raise_on_fidelity_failures(metrics["export"])
         return metrics["export"]
@@ -275,7 +359,7 @@ def export_experiment(exp_dir: Path, formats: list[str], num_perplexity_samples:
     timings = {}
 
     start = time.perf_counter()
-    merge_adapter(cfg, exp_dir / "adapter", merged_dir)
+    route = merge_adapter(cfg, exp_dir / "adapter", merged_dir)
     timings["merge_seconds"] = time.perf_counter() - start
 
     files = {"f16": gguf_dir / f"{cfg.experiment}.f16.gguf"}
@@ -285,15 +369,30 @@ def export_experiment(exp_dir: Path, formats: list[str], num_perplexity_samples:
             files[fmt] = gguf_dir / f"{cfg.experiment}.{fmt}.gguf"
             timings[f"quantize_{fmt}"] = quantize(files["f16"], files[fmt], fmt)
 
-    # Reference: the merged HF model, in float32, on the same test token ids.
+    # The same test conversations for every step: the model as evaluated, the merged HF model (float32), each GGUF.
     tokenizer = modeling.load_tokenizer(str(merged_dir), "model")
     splits = data.build_splits(cfg.data, tokenizer, cfg.model.max_seq_length)
     test = splits.test.select(range(min(num_perplexity_samples, len(splits.test))))
+    evaluated = evaluated_model_figures(exp_dir, metrics, cfg, tokenizer, test, splits.stats["fingerprint"])
     from transformers import AutoModelForCausalLM
 
     reference = AutoModelForCausalLM.from_pretrained(str(merged_dir), dtype=torch.float32)
     hf_loss = evaluate.response_loss(reference, test, tokenizer.pad_token_id, cfg.eval.batch_size)["loss"]
+    hf_answers = evaluate.generate_replies(reference, tokenizer, [[{"role": "user", "content": p}] for p in cfg.eval.prompts],
+                                           cfg.eval.max_new_tokens, cfg.eval.batch_size)
     del reference
+    evaluated_loss = mean_nll(evaluated)
+    precision = evaluated["precision"] or {}
+    merge = {
+        "route": route,
+        "evaluated_model": f"base in {precision.get('weights', '?')} + adapter",
+        "evaluated_source": evaluated["source"],
+        "evaluated_precision": precision,
+        "evaluated_perplexity": math.exp(evaluated_loss),
+        "perplexity_vs_evaluated_pct": 100 * (math.exp(hf_loss - evaluated_loss) - 1),
+        "identical_answers": identical_share(hf_answers, evaluated["answers"]),
+    }
+    judge_merge(merge)
 
     n_ctx = min(cfg.model.max_seq_length, 4096)
     checks = {
@@ -302,19 +401,23 @@ def export_experiment(exp_dir: Path, formats: list[str], num_perplexity_samples:
     f16_size = checks["f16"]["size_bytes"]
     for fmt, check in checks.items():
         check["reduction_vs_f16_pct"] = 100 * (1 - check["size_bytes"] / f16_size)
+        check["identical_answers_vs_hf"] = identical_share([s["output"] for s in check["samples"]], hf_answers)
     judge_fidelity(checks)
     preferred = "q4_k_m" if "q4_k_m" in files else formats[-1]
     write_modelfile(gguf_dir, files[preferred].name, tokenizer)
 
     export = {
         "formats": checks,
+        "merge": merge,
         "hf_test_loss": hf_loss,
         "hf_perplexity": math.exp(hf_loss),
+        "hf_samples": [{"prompt": p, "output": o} for p, o in zip(cfg.eval.prompts, hf_answers)],
         "perplexity_samples": len(test),
         "timings": timings,
         "modelfile": "gguf/Modelfile",
     }
     export["failed_formats"] = [fmt for fmt, c in checks.items() if c["fidelity_ok"] is False]
+    export["chain"] = export_chain(export)
     runs.update_metrics(exp_dir, export=export)
     raise_on_fidelity_failures(export)
     return export
@@ -332,6 +435,18 @@ def push_to_hub(exp_dir: Path, repo_id: str) -> str:
     for folder in ("adapter", "merged", "gguf"):
         api.upload_folder(repo_id=repo_id, folder_path=str(exp_dir / folder), path_in_repo=folder)
     return f"https://huggingface.co/{repo_id}"
+
+
+def chain_table(export: dict) -> str:
+    """The export as one small table: where quality went between the model evaluated and each file."""
+    lines = [f"{'step':<10}{'ppl':>11}{'change':>9}{'against':>10}{'band':>7}{'verdict':>8}{'same answers':>13}  model"]
+    for row in export.get("chain") or export_chain(export):
+        change = "" if row.get("change_pct") is None else f"{row['change_pct']:+.2f}%"
+        band = "" if "against" not in row else ("-" if row.get("limit_pct") is None else f"±{row['limit_pct']:g}%")
+        verdict = "" if "against" not in row else {True: "ok", False: "FAILED", None: "-"}[row.get("ok")]
+        same = "" if row.get("identical_answers") is None else f"{row['identical_answers']:.0%}"
+        lines.append(f"{row['step']:<10}{row['perplexity']:>11.4g}{change:>9}{row.get('against', ''):>10}{band:>7}{verdict:>8}{same:>13}  {row['model']}")
+    return "\n".join(lines)
 
 
 def summary_table(export: dict) -> str:

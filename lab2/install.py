@@ -74,7 +74,8 @@ NO_DEPS_UNMET = {
 # Unsloth installs --no-deps, as its own Colab notebooks do: with its dependencies resolved, pip would
 # swap Colab's torch for whatever xformers or torchao were built against. These are the ones it needs
 # at import and in training that Colab does not provide; each is pinned in constraints.txt.
-UNSLOTH_STAGE = ("unsloth", "unsloth_zoo", "bitsandbytes", "cut_cross_entropy", "msgspec", "hf_transfer")
+UNSLOTH_STAGE = ("unsloth", "unsloth_zoo", "cut_cross_entropy", "msgspec", "hf_transfer")
+# bitsandbytes is not among them: it is a dependency of the training stage (4-bit and 8-bit AdamW on CPU too).
 
 # The Requires-Dist entries of unsloth and unsloth_zoo that lab2 does not meet on CPU, and why: not
 # installed here, or (certifi) below the declared floor. Every other one must be installed (or, for
@@ -92,6 +93,8 @@ UNSLOTH_RANGE_EXCEPTIONS = {
     "einops": "Colab provides it; only Unsloth's vendored linear-attention kernels import it",
     "nest-asyncio": "Colab provides it; Unsloth Studio only",
     "wheel": "a build tool, not imported at run time",
+    "bitsandbytes": "load_in_4bit (nf4) and adamw_8bit on every machine: its CPU library, which lab2's CPU tests run, "
+                    "came in 0.49; the version tested is the one trained with",
     "certifi": "the floor >=2026.10.19 is newer than any release on the index these machines reach (2026.10.18); "
                "it is the CA bundle for downloads, and neither unsloth nor unsloth_zoo imports it",
 }
@@ -310,7 +313,7 @@ def setup_plan(kind: str, venv: Path, python: str = sys.executable) -> list[tupl
     cpu    a venv of lab2's own, the local CPU torch wheel (any other torch spec pulls CUDA builds),
            then the training stage, every package at its pin;
     gpu    a venv that sees the machine's own CUDA torch (--system-site-packages; torch is held),
-           then the training and Unsloth stages (Unsloth, bitsandbytes: 4-bit and adamw_8bit);
+           then the training stage (bitsandbytes: 4-bit and adamw_8bit) and the Unsloth stage;
     colab  Colab's own Python and torch (the venv's python is a link to it: no second torch download),
            with the notebook's own install: the training and Unsloth stages, keep-installed."""
     venv_python = str(venv / "bin" / "python")

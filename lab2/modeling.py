@@ -6,8 +6,8 @@ tiny model exercises the code path a real hub model takes.
 
 from __future__ import annotations
 
+import functools
 import json
-import warnings
 from pathlib import Path
 
 import torch
@@ -65,20 +65,77 @@ def end_of_turn_token(tokenizer) -> str:
     return next((tokenizer.convert_ids_to_tokens(i) for i in after if i in special), tokenizer.eos_token)
 
 
+def four_bit_problem() -> str | None:
+    """None where bitsandbytes can hold 4-bit weights here (CUDA, and its CPU library since 0.49); else why not."""
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        return "bitsandbytes is not installed (the training stage installs it: `python -m lab2.install training`)"
+    try:
+        import bitsandbytes  # noqa: F401 - loading it finds its native library, or not
+        from bitsandbytes.cextension import lib
+    except Exception as exc:  # noqa: BLE001 - any failure to load it means no 4-bit here
+        return f"bitsandbytes does not load here ({type(exc).__name__}: {exc})"
+    if type(lib).__name__.startswith("ErrorHandler"):  # its stand-in when no native library fits this machine
+        return "bitsandbytes has no native library for this machine"
+    return None
+
+
+def quantization_config(dtype: torch.dtype):
+    """QLoRA's 4-bit: nf4 with double quantisation, computing in the run's dtype. The same settings
+    Unsloth's loader uses, on every machine (bitsandbytes' CPU library runs nf4 too)."""
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=dtype)
+
+
+def uses_4bit(model: ModelSection) -> bool:
+    """Whether this machine loads `model` in 4 bit: asked for, and possible. Where it is asked for and not
+    possible, says so in one line (once per process) before anything trains."""
+    if not model.load_in_4bit:
+        return False
+    problem = four_bit_problem()
+    if problem:
+        _say_once(f"model.load_in_4bit: {problem}; loading {model.name} unquantised in {resolve_dtype(model.dtype)} "
+                  "(metrics.json records the precision used)")
+        return False
+    return True
+
+
+@functools.cache
+def _say_once(line: str) -> None:
+    print(line, flush=True)
+
+
 def load_base_model(model: ModelSection):
+    """The base model at the run's precision: 4-bit nf4 weights when `load_in_4bit` (and possible here),
+    else `dtype` throughout. Training, reloading a finished run and export's "as evaluated" all come here."""
     from transformers import AutoModelForCausalLM
 
-    kwargs: dict = {"dtype": resolve_dtype(model.dtype)}
-    if model.load_in_4bit:
-        if torch.cuda.is_available():
-            from transformers import BitsAndBytesConfig
+    dtype = resolve_dtype(model.dtype)
+    if uses_4bit(model):
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        return AutoModelForCausalLM.from_pretrained(model.name, dtype=dtype, quantization_config=quantization_config(dtype),
+                                                    device_map={"": device})
+    return AutoModelForCausalLM.from_pretrained(model.name, dtype=dtype)
 
-            kwargs["quantization_config"] = BitsAndBytesConfig(
-                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=kwargs["dtype"]
-            )
-        else:
-            warnings.warn("model.load_in_4bit needs CUDA; loading the weights unquantised on CPU", stacklevel=2)
-    return AutoModelForCausalLM.from_pretrained(model.name, **kwargs)
+
+def precision_of(model) -> dict:
+    """What a loaded model actually computes with: its weights (nf4 or a dtype), the compute dtype, and how
+    many linear layers hold 4-bit weights. metrics.json records it, so no report calls an fp32 run QLoRA."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    quantized = sum(1 for module in base.modules() if type(module).__name__ == "Linear4bit")
+    config = getattr(base.config, "quantization_config", None)
+    config = config.to_dict() if hasattr(config, "to_dict") else (config or {})
+    floating = next(p.dtype for p in base.parameters() if p.is_floating_point())
+    compute = config.get("bnb_4bit_compute_dtype") if quantized else None
+    return {
+        "weights": config.get("bnb_4bit_quant_type", "4bit") if quantized else str(floating).removeprefix("torch."),
+        "compute_dtype": str(compute).removeprefix("torch.") if compute else str(floating).removeprefix("torch."),
+        "quantized_linear_layers": quantized,
+        "double_quant": bool(config.get("bnb_4bit_use_double_quant")) if quantized else None,
+    }
 
 
 def attach_lora(base_model, cfg: ExperimentConfig):
@@ -95,6 +152,12 @@ def attach_lora(base_model, cfg: ExperimentConfig):
         bias="none",
         task_type="CAUSAL_LM",
     )
+    if getattr(base_model, "is_loaded_in_4bit", False):
+        # QLoRA's preparation: norms and embeddings in fp32, inputs that carry gradients (or gradient
+        # checkpointing through frozen 4-bit layers has nothing to differentiate), checkpointing as configured.
+        from peft import prepare_model_for_kbit_training
+
+        base_model = prepare_model_for_kbit_training(base_model, use_gradient_checkpointing=cfg.train.gradient_checkpointing)
     return get_peft_model(base_model, lora)
 
 

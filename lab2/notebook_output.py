@@ -6,6 +6,7 @@ box. Silenced here, each narrowly by its message (and category), because each is
 - transformers' weight-loading and shard-writing bars, and datasets' split and map bars;
 - TRL's note that padding-free batches want Flash Attention: lab2 passes position_ids, and
   tests/test_padding_free.py shows the packed loss equals each sequence's own on SDPA;
+- bitsandbytes' note that a Hub-fetched nf4 CPU kernel is missing (it falls back to its own library);
 - transformers' note that the trainer aligned the config's eos with the tokenizer's <|eot_id|>,
   which lab2's chat template ends every turn with.
 Training progress stays: in a kernel the Trainer draws its own HTML step table (not stderr).
@@ -22,6 +23,9 @@ import warnings
 KNOWN_LOG_MESSAGES = {
     "trl.trainer.sft_trainer": r"Padding-free training is enabled, but the attention implementation is not set to a supported",
     "transformers.trainer_utils": r"The tokenizer has new PAD/BOS/EOS tokens that differ from the model config",
+    # On AVX512-bf16 CPUs bitsandbytes tries a faster nf4 kernel that the `kernels` package fetches from the Hub
+    # at run time; offline it falls back to its own CPU library, which every 4-bit test runs on.
+    "bitsandbytes.backends.cpu.ops": r"Failed to load CPU gemm_4bit_forward from kernels-community",
 }
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 METRICS_FILE = "metrics.json"
-PACKAGES = ("torch", "transformers", "trl", "peft", "datasets", "accelerate", "papermill")
+PACKAGES = ("torch", "transformers", "trl", "peft", "datasets", "accelerate", "bitsandbytes", "papermill")
 
 
 class RunFailed(RuntimeError):

@@ -328,6 +328,8 @@ def train_experiment(cfg: ExperimentConfig, model, tokenizer, splits: Splits, ex
         "config": cfg.to_dict(),
         "config_hash": cfg.config_hash,
         "env": runs.environment_info(),
+        # What the weights really are (nf4, or a dtype): asked-for 4-bit that this machine cannot do shows here.
+        "precision": modeling.precision_of(model),
         "data": {**splits.stats, "epochs": epochs_of(cfg, len(splits.train))},
         "started_at": started,
         "resumed_from": str(resume_from) if resume_from else None,
