@@ -84,6 +84,8 @@ bench: setup $(VENV)/.test $(TINY)/config.json $(SMOL)/config.json
 	$(PY) bench/fixed_cost.py
 	$(PY) bench/eval_batching.py
 	$(PY) bench/export_1b.py --keep
+	$(PY) bench/qlora_memory.py
+	$(PY) bench/merge_routes.py
 	$(PY) bench/app_throughput.py
 	rm -rf /tmp/lab2-bench-1b
 	$(PY) bench/summarize.py

@@ -58,6 +58,25 @@ def rows() -> list[tuple[str, str, str, str, str]]:
             ("serving 1B Q4_K_M, 2 threads: generation tokens/s as streamed, app vs raw llama-cpp-python",
              f"{a['app_tokens_per_second']:.1f}", f"{a['raw_tokens_per_second']:.1f}", f"{a['app_vs_raw']:.0%}", a["machine"]),
         ]
+    if m := load("qlora_memory"):
+        lora, qlora, anchor = m["lora"], m["qlora"], m["seeds_anchor"]
+        out += [
+            ("training 1B architecture: peak memory (MB), QLoRA (nf4 weights) vs LoRA (fp32 weights), same run otherwise",
+             f"{qlora['peak_memory_mb']:.0f}", f"{lora['peak_memory_mb']:.0f}",
+             f"LoRA uses {m['peak_memory_ratio_lora_over_qlora']:.2f}x (reports on a T4: {anchor['lora_gb'] / anchor['qlora_gb']:.2f}x, "
+             f"{anchor['lora_gb']} vs {anchor['qlora_gb']} GB)", m["machine"]),
+            ("training 1B architecture: s/step, QLoRA vs LoRA (CPU: nf4 is dequantised at every matmul)",
+             f"{qlora['seconds_per_step']:.2f}", f"{lora['seconds_per_step']:.2f}", f"{m['seconds_per_step_ratio_qlora_over_lora']:.2f}x",
+             m["machine"]),
+        ]
+    if r := load("merge_routes"):
+        for case, label in (("smollm2", "SmolLM2-135M, trained QLoRA adapter"), ("llama_1b_architecture", "1B architecture, random adapter")):
+            if c := r.get(case):
+                d, o = c["dequantized"], c["original"]
+                out.append((f"4-bit merge ({label}): perplexity vs the model evaluated, merged into dequantised nf4 vs into the 16-bit original",
+                            f"{d['perplexity_vs_evaluated_pct']:+.3f} % (KL {d['kl_per_token']:.2g}, same answers {d['identical_answers']:.0%})",
+                            f"{o['perplexity_vs_evaluated_pct']:+.3f} % (KL {o['kl_per_token']:.2g}, same answers {o['identical_answers']:.0%})",
+                            "-", r["machine"]))
     if q := load("quantizer_routes"):
         for fmt, row in q["formats"].items():
             ours, other = row["llama-cpp-python"], row["llama-cpp-py-sync"]

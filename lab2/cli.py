@@ -83,9 +83,10 @@ def cmd_export(args) -> int:
         recorded = (runs.read_metrics(out.parent) or {}).get("export")
         if not recorded or not export.fidelity_failures(recorded):
             raise
-        print(export.summary_table(recorded))
+        print(export.summary_table(recorded) + "\n\n" + export.chain_table(recorded))
         export.raise_on_fidelity_failures(recorded)  # one line and exit status 1, from main()
-    print(export.summary_table(runs.read_metrics(out.parent)["export"]))
+    recorded = runs.read_metrics(out.parent)["export"]
+    print(export.summary_table(recorded) + "\n\n" + export.chain_table(recorded))
     return 0
 
 

@@ -12,7 +12,8 @@ Three checks, each of which fails if the install or the notebook would break Col
 2. kernel: a venv seeded with Colab's versions of the kernel stack, numpy, pandas, pillow,
    matplotlib, pyarrow, protobuf, torchao, gradio and the HF stack, and a kernel that imports numpy
    and PIL before anything else, as Colab's does. notebooks/lab2.ipynb runs top to bottom in it,
-   through its own install cell, to a complete, evaluated, exported run; then a restarted kernel
+   through its own install cell, to a complete, evaluated, exported run, on the T4 recipe's 4-bit path
+   (nf4 weights through the bitsandbytes that install cell brings, 8-bit AdamW); then a restarted kernel
    must still start with Colab's ipykernel and IPython, and every package lab2 does not control
    must still be at Colab's version. What differs from Colab: Python 3.11 and the CPU torch 2.13.0
    (Colab's 3.13 + CUDA build cannot be installed here), no GPU (no Unsloth stage), no Drive.
@@ -39,8 +40,12 @@ from lab2 import colab_runtime, install, runs
 from lab2.install import REPO_ROOT, normalize
 
 KERNEL = "lab2-colab-rehearsal"
+# The notebook's T4 recipe in miniature: 4-bit (nf4) weights through the bitsandbytes its own install cell
+# installs, 8-bit AdamW and gradient checkpointing, on the tiny model.
 SHORT_RUN = {
-    "train": {"max_steps": 6, "eval_steps": 3, "save_steps": 3, "warmup_steps": 0},
+    "model": {"load_in_4bit": True},
+    "train": {"max_steps": 6, "eval_steps": 3, "save_steps": 3, "warmup_steps": 0, "optimizer": "adamw_8bit",
+              "gradient_checkpointing": True},
     "eval": {"num_reference_samples": 4, "max_new_tokens": 16},
 }
 COLAB_STAGES = ("training", "unsloth", "export")  # what lab2.ipynb installs on a Colab GPU
@@ -113,7 +118,7 @@ def check_resolution(workdir: Path, keep_installed: bool = True, repo: Path = RE
             colab_runtime.write_metadata_only(site, name, meta["version"], meta["requires_dist"])
     broken_before = pip_check(python)
     controlled = {normalize(n) for n in [*install.CONTROLLED, *install.UNSLOTH_STAGE]}
-    changed, not_allowed, not_wheels, failed = {}, [], [], []
+    changed, not_allowed, not_wheels, failed, installed_by = {}, [], [], [], {}
     for stage in COLAB_STAGES:
         constraints = install.constraints_for_this_machine(repo, str(python), keep_installed)
         for i, args in enumerate(install.stage_pip_args(stage, repo, str(python), constraints)):
@@ -128,6 +133,7 @@ def check_resolution(workdir: Path, keep_installed: bool = True, repo: Path = RE
                 name, version = normalize(meta["name"]), meta["version"]
                 if name == "lab2":
                     continue
+                installed_by.setdefault(stage, []).append(name)
                 url = (item.get("download_info") or {}).get("url", "")
                 if not url.endswith(".whl") and name not in SOURCE_BUILDS:
                     not_wheels.append(f"{name} {version}")
@@ -141,7 +147,7 @@ def check_resolution(workdir: Path, keep_installed: bool = True, repo: Path = RE
     new = pip_check(python) - broken_before
     return {"changed": changed, "not_allowed": not_allowed, "new_broken": sorted(l for l in new if not documented_unmet(l)),
             "documented_unmet": sorted(filter(documented_unmet, new)), "not_wheels": not_wheels,
-            "failed": failed, "broken_before": sorted(broken_before)}
+            "failed": failed, "broken_before": sorted(broken_before), "installed_by_stage": installed_by}
 
 
 def fits_colab(wheel: str) -> bool:
@@ -287,14 +293,17 @@ def rehearse(workdir: str | Path, params_path: str = "params/demo/steps_15.yaml"
         checks["resolution: only lab2's named packages change"] = not resolution["not_allowed"] and not resolution["failed"]
         checks["resolution: no new broken requirement (pip check)"] = not resolution["new_broken"] and not resolution["failed"]
         resolution["pins_without_a_colab_wheel"] = pins_without_a_colab_wheel(repo)
+        checks["resolution: the training stage brings bitsandbytes (4-bit weights, 8-bit AdamW)"] = (
+            "bitsandbytes" in resolution["installed_by_stage"].get("training", []))
         checks["resolution: Python 3.13 wheels or named source builds"] = (
             not resolution["not_wheels"] and not resolution["pins_without_a_colab_wheel"])
 
     if "setup" in only:
         plans = setup_plans(workdir)
         details["setup"] = plans
-        checks["setup: a GPU machine keeps its torch and gets the Unsloth stage"] = (
-            "a gpu machine" in plans["gpu"] and "install stage unsloth" in plans["gpu"] and "torch==" not in plans["gpu"])
+        checks["setup: a GPU machine keeps its torch and gets the training (bitsandbytes) and Unsloth stages"] = (
+            "a gpu machine" in plans["gpu"] and "install stage training" in plans["gpu"] and "install stage unsloth" in plans["gpu"]
+            and "torch==" not in plans["gpu"] and install.stage_brings("training", "bitsandbytes"))
         checks["setup: Colab uses its own Python with the notebook's keep-installed install"] = (
             "ln -s" in plans["colab"] and "install stage training (keep-installed)" in plans["colab"] and "torch==" not in plans["colab"])
 
@@ -321,6 +330,9 @@ def rehearse(workdir: str | Path, params_path: str = "params/demo/steps_15.yaml"
         checks["kernel: lab2.ipynb runs to a complete, evaluated, exported run"] = (
             first_error is None and first.get("status") == "complete" and {"val_loss", "test_loss", "base"} <= set(first.get("eval") or {})
             and set((first.get("export") or {}).get("formats", {})) == {"f16", "q8_0", "q4_k_m"})
+        details["kernel"]["precision"] = first.get("precision")
+        checks["kernel: the notebook's 4-bit path trained nf4 weights, and its export passed the chain check"] = (
+            (first.get("precision") or {}).get("weights") == "nf4" and ((first.get("export") or {}).get("merge") or {}).get("ok") is True)
         checks["kernel: Colab's packages outside lab2's list untouched"] = not moved
         checks["kernel: a restarted kernel starts with Colab's ipykernel and IPython"] = (
             restarted["ipykernel"] == seeded["ipykernel"] and restarted["ipython"] == seeded["ipython"] and restarted["imported_at_start"])

@@ -29,6 +29,7 @@ FACTORS = {
     "steps": ("train.max_steps", {"train.eval_steps", "train.save_steps", "train.warmup_steps"}),
     "lr": ("train.learning_rate", set()),
     "rank": ("lora.r", {"lora.alpha"}),
+    "4-bit": ("model.load_in_4bit", set()),  # LoRA against QLoRA
 }
 IGNORED_KEYS = {"experiment", "group", "seeds", "train.seed"}  # identity, not configuration
 NOISE_MULTIPLE = 2.0  # |difference| under 2 sigma of seed noise is "within noise"
@@ -80,6 +81,8 @@ def run_row(metrics: dict) -> dict:
         "r": cfg["lora"]["r"],
         "alpha": cfg["lora"]["alpha"],
         "batch": f"{cfg['train']['batch_size']}x{cfg['train']['gradient_accumulation_steps']}",
+        # What the weights were, as loaded (nf4 or a dtype), never what was asked for; "?" in runs from before it was recorded.
+        "weights": (metrics.get("precision") or {}).get("weights", "?"),
         "train_loss": train["final_loss"],
         "val_loss": runs.val_loss(metrics),
         "test_loss": evaluation.get("test_loss"),
@@ -89,8 +92,10 @@ def run_row(metrics: dict) -> dict:
         "exact_match": evaluation.get("exact_match"),
         "exact_match_items": evaluation.get("exact_match_items"),
         "time_s": train["training_time_seconds"],
+        "s_per_step": (train["training_time_seconds"] - train.get("periodic_eval_seconds", 0.0)) / max(train["total_steps"], 1),
         "tokens_per_s": train["tokens_per_second"],
         "peak_mem_mb": train["peak_memory_mb"],
+        "weights_mb": train.get("weights_memory_mb"),
         "fingerprint": evaluation.get("split_fingerprint") or metrics.get("data", {}).get("fingerprint"),
         "tokenizer": evaluation.get("tokenizer_fingerprint") or metrics.get("data", {}).get("tokenizer_fingerprint"),
         "val_bpb": evaluation.get("val_bits_per_byte"),
@@ -99,8 +104,8 @@ def run_row(metrics: dict) -> dict:
     }
 
 
-METRICS = ["train_loss", "val_loss", "val_bpb", "test_loss", "perplexity", "bleu", "rouge_l", "exact_match", "time_s", "tokens_per_s",
-           "peak_mem_mb", "train_rows", "epochs"]
+METRICS = ["train_loss", "val_loss", "val_bpb", "test_loss", "perplexity", "bleu", "rouge_l", "exact_match", "time_s", "s_per_step",
+           "tokens_per_s", "peak_mem_mb", "weights_mb", "train_rows", "epochs"]
 BASE_METRICS = ("val_loss", "test_loss", "perplexity", "bleu", "rouge_l", "exact_match")
 
 
@@ -112,7 +117,7 @@ def runs_table(complete: list[dict]) -> pd.DataFrame:
 
 def group_table(table: pd.DataFrame) -> pd.DataFrame:
     """One row per configuration: means, and the seed std of the validation loss."""
-    settings = table.groupby("group", dropna=False)[["steps", "lr", "r", "alpha", "batch", "fingerprint", "tokenizer", "exact_match_items"]].first()
+    settings = table.groupby("group", dropna=False)[["steps", "lr", "r", "alpha", "batch", "weights", "fingerprint", "tokenizer", "exact_match_items"]].first()
     means = table.groupby("group")[METRICS].mean()
     spread = table.groupby("group")["val_loss"].agg(seeds="count", val_loss_std="std")
     bpb_spread = table.groupby("group")["val_bpb"].agg(val_bpb_std="std")

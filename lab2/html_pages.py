@@ -71,11 +71,13 @@ def landing_page(output_root: str | Path, report) -> Path:
                     f"<td>{row['verdict']} ({row[f'{report.measure}_vs_base_pct']:+.2f} %)</td><td>{row['paired']} {row['paired_verdict']}</td>"
                     f"<td>{format_number(row['test_loss'])}</td>"
                     f"<td>{format_number(row['bleu'], '.2f')}</td><td>{format_number(row['rouge_l'], '.3f')}</td>"
-                    f"<td>{format_number(row['exact_match'], '.1%')}</td><td>{format_number(row['time_s'], '.1f')}</td>"
+                    f"<td>{format_number(row['exact_match'], '.1%')}</td><td>{row['weights']}</td>"
+                    f"<td>{format_number(row['s_per_step'], '.2f')}</td><td>{format_number(row['peak_mem_mb'], '.0f')}</td>"
                     f"<td>{'<br>'.join(links)}</td></tr>")
     table = ("<table><thead><tr><th>group</th><th>training data</th><th>seeds</th><th>val loss ± std</th><th>val bits/byte</th>"
              "<th>vs baseline (seed noise)</th><th>paired vs baseline [95 %]</th><th>test loss</th>"
-             "<th>BLEU</th><th>ROUGE-L</th><th>exact match</th><th>train s</th><th>runs: executed pages</th></tr></thead><tbody>"
+             "<th>BLEU</th><th>ROUGE-L</th><th>exact match</th><th>weights</th><th>s/step</th><th>peak MB</th>"
+             "<th>runs: executed pages</th></tr></thead><tbody>"
              + "".join(rows) + "</tbody></table>")
     cells = [
         f"# lab2 experiments\n\nRanked on held-out {MEASURES[report.measure]} (mean over seeds where repeated), the same "

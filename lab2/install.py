@@ -197,6 +197,19 @@ def stage_pip_args(stage: str, repo: Path, python: str, constraints: Path) -> li
     return commands
 
 
+def stage_brings(stage: str, package: str, repo: Path = REPO_ROOT) -> bool:
+    """Whether a stage installs `package`: a dependency of lab2 or of the stage's extras in pyproject.toml,
+    or one of its --no-deps packages."""
+    spec = STAGES[stage]
+    if normalize(package) in {normalize(n) for n in spec["no_deps"]}:
+        return True
+    text = (repo / "pyproject.toml").read_text()
+    sections = [re.search(r"^dependencies = \[(.*?)\]", text, re.S | re.M)]
+    sections += [re.search(rf"^{extra} = \[(.*?)\]", text, re.S | re.M) for extra in spec["extras"]]
+    names = {normalize(n) for found in sections if found for n in re.findall(r'"([A-Za-z0-9._-]+)', found.group(1))}
+    return normalize(package) in names
+
+
 def stamp_path(stage: str, python: str) -> Path:
     return environment_prefix(python) / "lab2-installed" / f"{stage}.txt"
 

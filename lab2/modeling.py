@@ -114,18 +114,27 @@ def load_base_model(model: ModelSection):
     from transformers import AutoModelForCausalLM
 
     dtype = resolve_dtype(model.dtype)
-    if uses_4bit(model):
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        return AutoModelForCausalLM.from_pretrained(model.name, dtype=dtype, quantization_config=quantization_config(dtype),
-                                                    device_map={"": device})
-    return AutoModelForCausalLM.from_pretrained(model.name, dtype=dtype)
+    if not uses_4bit(model):
+        return AutoModelForCausalLM.from_pretrained(model.name, dtype=dtype)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    loaded = AutoModelForCausalLM.from_pretrained(model.name, dtype=dtype, quantization_config=quantization_config(dtype),
+                                                  device_map={"": device})
+    # On CPUs with AVX512-bf16, bitsandbytes repacks a Linear4bit's weights for a faster kernel at its first
+    # forward in eval mode, for good: training after an evaluation then computes on other weights than before
+    # it (measured: the step after a mid-run evaluation gave loss 11.193825, 11.194018 without one), so a run
+    # resumed from a checkpoint would not continue the run it resumes. Training and evaluation share one path.
+    for module in loaded.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+    return loaded
 
 
 def precision_of(model) -> dict:
     """What a loaded model actually computes with: its weights (nf4 or a dtype), the compute dtype, and how
     many linear layers hold 4-bit weights. metrics.json records it, so no report calls an fp32 run QLoRA."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    quantized = sum(1 for module in base.modules() if type(module).__name__ == "Linear4bit")
+    # bitsandbytes' own layers only: peft's LoRA wrapper around one is also called Linear4bit.
+    quantized = sum(1 for m in base.modules() if type(m).__name__ == "Linear4bit" and type(m).__module__.startswith("bitsandbytes"))
     config = getattr(base.config, "quantization_config", None)
     config = config.to_dict() if hasattr(config, "to_dict") else (config or {})
     floating = next(p.dtype for p in base.parameters() if p.is_floating_point())

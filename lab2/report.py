@@ -247,12 +247,28 @@ def markdown_table(frame: pd.DataFrame, columns: list[str], formats: dict[str, s
     return "\n".join(lines)
 
 
-TABLE_COLUMNS = ["group", "seeds", "data", "train_rows", "epochs", "steps", "lr", "r", "alpha", "batch", "train_loss", "val_loss", "val_loss_std",
-                 "val_bpb", "val_loss_vs_base_pct", "verdict", "paired", "paired_verdict", "test_loss", "perplexity", "bleu", "rouge_l",
-                 "exact_match", "time_s", "tokens_per_s", "peak_mem_mb"]
+TABLE_COLUMNS = ["group", "seeds", "data", "train_rows", "epochs", "steps", "lr", "r", "alpha", "batch", "weights", "train_loss", "val_loss",
+                 "val_loss_std", "val_bpb", "val_loss_vs_base_pct", "verdict", "paired", "paired_verdict", "test_loss", "perplexity", "bleu",
+                 "rouge_l", "exact_match", "time_s", "s_per_step", "tokens_per_s", "peak_mem_mb", "weights_mb"]
 TABLE_FORMATS = {"exact_match": ".1%", "train_loss": ".4f", "val_loss": ".4f", "val_loss_std": ".4f", "val_bpb": ".4f",
                  "val_loss_vs_base_pct": "+.2f", "test_loss": ".4f", "train_rows": ".0f", "epochs": ".2f",
-                 "perplexity": ".4g", "bleu": ".2f", "rouge_l": ".3f", "time_s": ".1f", "tokens_per_s": ".0f", "peak_mem_mb": ".0f", "lr": "g"}
+                 "perplexity": ".4g", "bleu": ".2f", "rouge_l": ".3f", "time_s": ".1f", "s_per_step": ".2f", "tokens_per_s": ".0f", "peak_mem_mb": ".0f", "weights_mb": ".0f", "lr": "g"}
+
+
+def chain_frame(chain: list[dict]) -> pd.DataFrame:
+    """An export's steps (evaluated -> merged -> each GGUF) as one small table: each step against the one
+    it is checked against, its band, and the share of greedy sample answers identical to that step's."""
+    rows = []
+    for row in chain:
+        checked = "against" in row
+        rows.append({
+            "step": row["step"], "model": row["model"], "perplexity": f"{row['perplexity']:.4g}",
+            "change": "" if row.get("change_pct") is None else f"{row['change_pct']:+.2f} %", "against": row.get("against", ""),
+            "band": ("-" if row.get("limit_pct") is None else f"±{row['limit_pct']:g} %") if checked else "",
+            "verdict": {True: "ok", False: "FAILED", None: "-"}[row.get("ok")] if checked else "",
+            "same answers": "" if row.get("identical_answers") is None else f"{row['identical_answers']:.0%}",
+        })
+    return pd.DataFrame(rows)
 
 
 def paired_cell(row) -> str:
@@ -264,7 +280,8 @@ def paired_cell(row) -> str:
 
 def write_markdown(path: Path, ranked: pd.DataFrame, others: pd.DataFrame, base_row: dict | None, lines: list[str],
                    failed: list[dict], figures: dict[str, str], best_file: tuple[Path, bool] | None,
-                   samples: pd.DataFrame = pd.DataFrame(), best_name: str = "", measure: str = "val_loss") -> Path:
+                   samples: pd.DataFrame = pd.DataFrame(), best_name: str = "", measure: str = "val_loss",
+                   export_chains: dict[str, list[dict]] | None = None) -> Path:
     parts = ["# Experiment report", "",
              f"Runs are ranked on {MEASURES[measure]} (held-out, the same conversations for all), as mean over seeds where repeated. "
              "`verdict` compares the difference with the seed noise; `paired` is the difference from the baseline on the same "
@@ -286,6 +303,13 @@ def write_markdown(path: Path, ranked: pd.DataFrame, others: pd.DataFrame, base_
     if failed:
         parts += ["## Failed or unfinished", "", *[f"- {m['experiment']}: {m.get('status')} {m.get('error', '')}".rstrip() for m in failed], ""]
     parts += ["## Figures", "", *[f"![{title}]({file})" for title, file in figures.items()], ""]
+    if export_chains:
+        parts += ["## Export: from the model evaluated to each GGUF", "",
+                  "Each step on the same test conversations, against the step it is checked against; `same answers`: the share "
+                  "of greedy sample answers identical to that step's.", ""]
+        for experiment, chain in export_chains.items():
+            frame = chain_frame(chain)
+            parts += [f"`{experiment}`", "", markdown_table(frame, list(frame.columns)), ""]
     if best_file:
         where, written = best_file
         parts += ["## Best combination", "",
@@ -326,6 +350,10 @@ class Report:
             table = pd.concat([table, pd.DataFrame([{"group": "base model (no adapter)", **self.base_model}])], ignore_index=True)
         return table
 
+    def export_chains(self) -> dict[str, list[dict]]:
+        """{experiment: its export's steps}, for the runs `make export` has exported."""
+        return {m["experiment"]: m["export"]["chain"] for m in self.complete if (m.get("export") or {}).get("chain")}
+
     def figures(self) -> dict:
         return {
             "loss curves": plot_loss_curves({m["experiment"]: m["train"] for m in self.complete}, title="train (thin) and validation (dots) loss"),
@@ -351,4 +379,4 @@ def write_report(report: Report, output_root: str | Path, sweep_dir: str | Path 
         best_file = write_best_combination(sweep_dir, report.best_combination)
     return write_markdown(root / "EXPERIMENT_REPORT.md", report.ranked, report.other_split, report.base_model,
                           report.findings, report.unfinished, files, best_file, report.sample_answers, report.best_run["experiment"],
-                          report.measure)
+                          report.measure, report.export_chains())

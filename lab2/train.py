@@ -242,6 +242,20 @@ def _measured_subclass(sft_trainer: type) -> type:
     return MeasuredSFTTrainer
 
 
+def keep_adapter_in_fp32(model) -> int:
+    """Undo TRL 1.15's cast of a quantised model's LoRA weights to bf16 (SFTTrainer.__init__, "When using
+    QLoRA"); returns how many tensors it cast back. A T4 has no native bf16, and a resumed run gets its
+    adapter back in fp32 from peft's loader, so it would go on with other numbers than the run it continues
+    (measured: the step after a resume at step 6 gave loss 11.127954 against 11.127778 uninterrupted).
+    fp32 is what peft makes them; the optimizer, created later by train(), sees fp32 parameters."""
+    cast = 0
+    for param in model.parameters():
+        if param.requires_grad and param.dtype == torch.bfloat16:
+            param.data = param.data.float()
+            cast += 1
+    return cast
+
+
 def epochs_of(cfg: ExperimentConfig, train_examples: int) -> float:
     """How many passes over the training rows the run makes: above 1, rows repeat."""
     t = cfg.train
@@ -346,6 +360,11 @@ def train_experiment(cfg: ExperimentConfig, model, tokenizer, splits: Splits, ex
         callbacks=[nan_guard, checkpoint_announcer(cfg.experiment)],
     )
     trainer.run_identity = identity
+    if backend.resolve_backend(cfg.model) == "hf":  # Unsloth's trainer keeps its own adapter dtype
+        keep_adapter_in_fp32(model)
+    # Training's own peak from here: on a CPU, loading (fp32 weights read, then quantised to nf4) peaks on its own.
+    load_peak_mb = runs.peak_memory_mb()
+    runs.reset_peak_memory()
     try:
         output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         if nan_guard.bad_step is not None:
@@ -384,7 +403,9 @@ def train_experiment(cfg: ExperimentConfig, model, tokenizer, splits: Splits, ex
             "trained_tokens": trainer.trained_tokens,
             "tokens_per_second": trainer.tokens_seen / step_seconds,
             "trained_tokens_per_second": trainer.trained_tokens / step_seconds,
-            "peak_memory_mb": runs.peak_memory_mb(),
+            "peak_memory_mb": runs.peak_memory_mb(),  # while training (weights, activations, optimizer state)
+            "load_peak_memory_mb": load_peak_mb,  # while loading the model and data, before training
+            "weights_memory_mb": model.get_memory_footprint() / 2**20,  # the model as held: nf4 layers at about 4 bits
             "history": history,
             "eval_history": eval_history,
         },

@@ -199,7 +199,7 @@ def test_base_yaml_spells_out_exactly_the_code_defaults():
 
     base = yaml.safe_load((REPO / "params" / "base.yaml").read_text())
     defaults = ExperimentConfig(experiment="defaults").to_dict()
-    sections = ("model", "lora", "data", "train", "eval")
+    sections = ("model", "lora", "data", "train", "eval", "export")
     assert set(base) == set(sections)
     assert {section: base[section] for section in sections} == {section: defaults[section] for section in sections}
 

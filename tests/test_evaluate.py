@@ -30,7 +30,7 @@ TWO_CONVERSATIONS = [
 
 @pytest.fixture(scope="module")
 def lora_model(tiny_model_dir):
-    cfg = ExperimentConfig(experiment="e", model={"name": str(tiny_model_dir), "dtype": "float32"}, lora={"r": 4, "alpha": 8})
+    cfg = ExperimentConfig(experiment="e", model={"name": str(tiny_model_dir), "dtype": "float32", "load_in_4bit": False}, lora={"r": 4, "alpha": 8})
     torch.manual_seed(0)
     model = attach_lora(load_base_model(cfg.model), cfg)
     with torch.no_grad():  # non-zero adapters, so that switching them off changes the model

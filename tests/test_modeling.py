@@ -24,7 +24,7 @@ def test_end_of_turn_and_pad_come_from_the_tokenizer_not_a_hard_coded_family(tok
 
 
 def test_lora_trains_adapters_only(tiny_model_dir):
-    cfg = ExperimentConfig(experiment="m", model={"name": str(tiny_model_dir), "dtype": "float32"}, lora={"r": 4, "alpha": 8})
+    cfg = ExperimentConfig(experiment="m", model={"name": str(tiny_model_dir), "dtype": "float32", "load_in_4bit": False}, lora={"r": 4, "alpha": 8})
     model = load_trainable_model(cfg)
     trainable, total = trainable_parameters(model)
     names = [n for n, p in model.named_parameters() if p.requires_grad]
@@ -37,7 +37,7 @@ def test_lora_trains_adapters_only(tiny_model_dir):
 def test_lora_init_is_seeded_by_train_seed(tiny_model_dir):
     def lora_weights(seed):
         cfg = ExperimentConfig(
-            experiment="m", model={"name": str(tiny_model_dir), "dtype": "float32"}, lora={"r": 4, "alpha": 8}, train={"seed": seed}
+            experiment="m", model={"name": str(tiny_model_dir), "dtype": "float32", "load_in_4bit": False}, lora={"r": 4, "alpha": 8}, train={"seed": seed}
         )
         torch.manual_seed(seed + 1000)  # whatever the global RNG held before must not matter
         model = load_trainable_model(cfg)

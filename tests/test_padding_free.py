@@ -26,7 +26,7 @@ def _nll_sum_and_count(model, **inputs):
 
 
 def test_packed_batch_loss_equals_its_sequences_alone(tiny_model_dir, tokenizer):
-    cfg = ExperimentConfig(experiment="p", model={"name": str(tiny_model_dir), "dtype": "float32"}, lora={"r": 4, "alpha": 8})
+    cfg = ExperimentConfig(experiment="p", model={"name": str(tiny_model_dir), "dtype": "float32", "load_in_4bit": False}, lora={"r": 4, "alpha": 8})
     model = load_trainable_model(cfg).eval()
     with torch.no_grad():  # non-zero adapters, so the check covers the LoRA path too
         for name, param in model.named_parameters():
@@ -58,7 +58,7 @@ def test_reply_token_loss_equals_the_models_own_loss_and_gradients(tiny_model_di
     """lab2's CPU training loss applies the LM head only at labelled positions: same value, same gradients."""
     from lab2.train import reply_token_loss
 
-    cfg = ExperimentConfig(experiment="p", model={"name": str(tiny_model_dir), "dtype": "float32"}, lora={"r": 4, "alpha": 8})
+    cfg = ExperimentConfig(experiment="p", model={"name": str(tiny_model_dir), "dtype": "float32", "load_in_4bit": False}, lora={"r": 4, "alpha": 8})
     model = load_trainable_model(cfg).train()
     with torch.no_grad():  # non-zero adapters, so that lora_A gets a gradient too
         for name, param in model.named_parameters():

@@ -23,8 +23,14 @@ def _train_cli(params, out, **popen):
     )
 
 
-def test_kill_9_after_a_checkpoint_then_rerun_ends_bit_identical(params_tree, tmp_path):
-    params = params_tree("s/resume.yaml", {"train": RESUMABLE})
+# The T4 recipe's QLoRA (nf4 base, 8-bit AdamW, gradient checkpointing) resumes as exactly as fp32 LoRA.
+QLORA = {"model": {"load_in_4bit": True}, "train": {"optimizer": "adamw_8bit", "gradient_checkpointing": True}}
+
+
+@pytest.mark.parametrize("recipe", ["lora", "qlora"])
+def test_kill_9_after_a_checkpoint_then_rerun_ends_bit_identical(params_tree, tmp_path, recipe):
+    extra = QLORA if recipe == "qlora" else {}
+    params = params_tree("s/resume.yaml", {**extra, "train": {**RESUMABLE, **extra.get("train", {})}})
     whole, interrupted = tmp_path / "whole", tmp_path / "interrupted"
     run(load_config(params), whole)  # the uninterrupted reference, here (what `lab2 train` calls)
 
@@ -55,6 +61,7 @@ def test_kill_9_after_a_checkpoint_then_rerun_ends_bit_identical(params_tree, tm
     )
     assert b["resumed_from"].endswith(f"checkpoint-{latest_step(b['resumed_from'])}")
     assert latest_step(b["resumed_from"]) >= kill_after
+    assert a["precision"] == b["precision"] and a["precision"]["weights"] == ("nf4" if recipe == "qlora" else "float32")
     for key in ("final_loss", "final_eval_loss", "total_steps"):
         assert a["train"][key] == b["train"][key], key  # bit-identical on CPU with fixed seeds
     assert [h["loss"] for h in a["train"]["history"]] == [h["loss"] for h in b["train"]["history"]]
