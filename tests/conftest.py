@@ -24,7 +24,7 @@ SWEPT_FILES = ["test_sweep.py", "test_notebook_pages.py", "test_report.py", "tes
 # Then the files that take a minute or more, longest first (measured on 2 cores): in this order
 # (--no-loadscope-reorder: xdist would otherwise start the files with the most tests first), the
 # longest do not start last.
-SLOW_FILES = ["test_colab.py", "test_real_model.py", "test_reliability.py", "test_unsloth.py"]
+SLOW_FILES = ["test_colab.py", "test_real_model.py", "test_qlora.py", "test_reliability.py", "test_unsloth.py"]
 
 
 def work_unit(test_file: str) -> str:

@@ -125,3 +125,18 @@ def test_a_4bit_params_file_validates_and_merge_base_is_not_part_of_the_config_h
     other = params_tree("q/r.yaml", {"experiment": "q", **QLORA})
     assert load_config(params).config_hash == load_config(other).config_hash  # another merge re-exports, never retrains
     assert load_config(params).export.merge_base == "original"
+
+
+def test_the_report_shows_the_weights_and_the_export_chain(qlora_run):
+    out = qlora_run.parent
+    assert cli.main(["report", "--out", str(out), "--sweep", str(out.parent / "params" / "q")]) == 0
+    text = (out / "EXPERIMENT_REPORT.md").read_text()
+    header = next(line for line in text.splitlines() if line.startswith("| group |"))
+    row = next(line for line in text.splitlines() if line.startswith("| qlora |"))
+    cells = dict(zip([c.strip() for c in header.strip("|").split("|")], [c.strip() for c in row.strip("|").split("|")]))
+    assert cells["weights"] == "nf4" and float(cells["s_per_step"]) > 0 and float(cells["weights_mb"]) > 0
+    chain = text.split("## Export: from the model evaluated to each GGUF", 1)[1]
+    assert "| evaluated | base in nf4 + adapter |" in chain and "| merged | merged (dequantized), saved in fp16 |" in chain
+    assert "| f16 | qlora.f16.gguf |" in chain and "| q8_0 | qlora.q8_0.gguf |" in chain
+    executed = (out / "report.ipynb").read_text()
+    assert "base in nf4 + adapter" in executed  # the notebook's own table of the chain
