@@ -91,7 +91,7 @@ def compare_routes(cfg: ExperimentConfig, adapter_dir: Path, work: Path, test_pr
     for route in ("original", "dequantized"):
         start = time.perf_counter()
         merged_dir = work / f"merged-{route}"
-        export.merge_adapter(cfg.model_copy(update={"export": cfg.export.model_copy(update={"merge_base": route})}), adapter_dir, merged_dir)
+        export.merge_adapter(cfg, adapter_dir, merged_dir, route)
         from transformers import AutoModelForCausalLM
 
         merged = AutoModelForCausalLM.from_pretrained(str(merged_dir), dtype=torch.float32)  # as export's reference

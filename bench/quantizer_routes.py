@@ -45,7 +45,8 @@ def main() -> int:
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(work / "pysync"),
                     PYSYNC, "cffi", "pycparser"], check=True)
     install_seconds = time.perf_counter() - start
-    merged = export.merge_adapter(cfg, exp_dir / "adapter", work / "merged")
+    merged = work / "merged"
+    export.merge_adapter(cfg, exp_dir / "adapter", merged, export.merge_route(cfg, metrics.get("precision")))
     f16 = work / "model.f16.gguf"
     export.convert_to_gguf(merged, f16)
 

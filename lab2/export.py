@@ -52,30 +52,33 @@ def choose_experiment(output_root: str | Path, experiment: str | None = None) ->
 # --------------------------------------------------------------------------- building the files
 
 
-def merge_route(cfg: ExperimentConfig) -> str:
-    """What the adapter is merged into: "dequantized" (a 4-bit run's nf4 weights, as trained and evaluated),
-    "original" (the checkpoint's 16-bit weights), or the weights a run without 4-bit trained on."""
-    from lab2.modeling import uses_4bit
+def merge_route(cfg: ExperimentConfig, precision: dict | None) -> str:
+    """What the adapter is merged into: for a run trained on nf4 weights (as its metrics.json records),
+    `export.merge_base`: "dequantized" (those nf4 weights, as trained and evaluated) or "original" (the
+    checkpoint's 16-bit weights); for any other run, "as trained", the weights it trained on."""
+    trained_in_nf4 = (precision or {}).get("weights") == "nf4" if precision else cfg.model.load_in_4bit
+    return cfg.export.merge_base if trained_in_nf4 else "as trained"
 
-    return cfg.export.merge_base if uses_4bit(cfg.model) else "as trained"
 
+def merge_adapter(cfg: ExperimentConfig, adapter_dir: Path, out_dir: Path, route: str) -> None:
+    """Base + adapter merged along `route` and saved in 16 bit with the chat template; generation ends at the
+    template's end-of-turn token (<|eot_id|> for Llama 3, <|im_end|> for ChatML).
 
-def merge_adapter(cfg: ExperimentConfig, adapter_dir: Path, out_dir: Path) -> str:
-    """Base + adapter merged and saved in 16 bit with the chat template; generation ends at the template's
-    end-of-turn token (<|eot_id|> for Llama 3, <|im_end|> for ChatML). Returns the merge route.
-
-    A 4-bit run merges, by default, into its own nf4 weights dequantised: peft's merge on a `Linear4bit`
-    would round the sum back to 4 bit, so the layers are dequantised first and the merge is exact."""
+    "dequantized" loads the nf4 weights as training did and dequantises them before merging: peft's merge
+    on a `Linear4bit` would round the sum back to 4 bit."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from lab2.modeling import end_of_turn_token, load_base_model, load_tokenizer
+    from lab2.modeling import end_of_turn_token, four_bit_problem, load_base_model, load_tokenizer
 
     tokenizer = load_tokenizer(cfg.model.name, cfg.data.chat_template)
-    route = merge_route(cfg)
     if route == "dequantized":
-        base = load_base_model(cfg.model).dequantize()  # nf4 -> the compute dtype, value for value
+        problem = four_bit_problem()
+        if problem:
+            raise ConfigError(f"export.merge_base: dequantized needs the nf4 weights this run trained on, and {problem}; "
+                              "export where bitsandbytes loads, or set export.merge_base: original")
+        base = load_base_model(cfg.model.model_copy(update={"load_in_4bit": True})).dequantize()  # nf4 -> compute dtype, value for value
     else:
         base = AutoModelForCausalLM.from_pretrained(cfg.model.name, dtype=torch.float16, low_cpu_mem_usage=True)
     merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload().to(torch.float16)
@@ -86,7 +89,6 @@ def merge_adapter(cfg: ExperimentConfig, adapter_dir: Path, out_dir: Path) -> st
     merged.save_pretrained(out_dir, max_shard_size="2GB")
     tokenizer.save_pretrained(out_dir)
     del merged, base
-    return route
 
 
 # Each child reports its own peak at exit: /proc/self/status VmHWM belongs to the post-exec
@@ -359,7 +361,8 @@ def export_experiment(exp_dir: Path, formats: list[str], num_perplexity_samples:
     timings = {}
 
     start = time.perf_counter()
-    route = merge_adapter(cfg, exp_dir / "adapter", merged_dir)
+    route = merge_route(cfg, metrics.get("precision"))
+    merge_adapter(cfg, exp_dir / "adapter", merged_dir, route)
     timings["merge_seconds"] = time.perf_counter() - start
 
     files = {"f16": gguf_dir / f"{cfg.experiment}.f16.gguf"}

@@ -21,20 +21,22 @@ FAKE_TOKEN = "hf_" + "FakeTokenForTheSecretsTest0123456789abcdef"  # built here 
 # The files whose tests read the `swept` fixture: `make test` hands them to one xdist worker as one unit
 # (pytest_xdist_make_scheduler below), so that the fixture is built once.
 SWEPT_FILES = ["test_sweep.py", "test_notebook_pages.py", "test_report.py", "test_export.py", "test_app.py", "test_ray.py"]
+# Run in the same unit, after them, to even out the two workers (about 110 s of QLoRA sweep, export and report).
+WITH_SWEPT = ["test_qlora.py"]
 # Then the files that take a minute or more, longest first (measured on 2 cores): in this order
 # (--no-loadscope-reorder: xdist would otherwise start the files with the most tests first), the
 # longest do not start last.
-SLOW_FILES = ["test_colab.py", "test_real_model.py", "test_qlora.py", "test_reliability.py", "test_unsloth.py"]
+SLOW_FILES = ["test_colab.py", "test_real_model.py", "test_reliability.py", "test_unsloth.py"]
 
 
 def work_unit(test_file: str) -> str:
-    """What `make test` hands a worker whole: a test file, or all of SWEPT_FILES."""
-    return "swept" if test_file in SWEPT_FILES else test_file
+    """What `make test` hands a worker whole: a test file, or all of SWEPT_FILES and WITH_SWEPT."""
+    return "swept" if test_file in SWEPT_FILES + WITH_SWEPT else test_file
 
 
 @pytest.hookimpl(tryfirst=True)  # before any fixture is set up
 def pytest_runtest_setup(item):
-    if "swept" in item.fixturenames and work_unit(item.path.name) != "swept":
+    if "swept" in item.fixturenames and item.path.name not in SWEPT_FILES:
         pytest.fail(f"{item.path.name} reads `swept` but is not in SWEPT_FILES (on another worker it would be built again)", pytrace=False)
 
 

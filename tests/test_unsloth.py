@@ -216,9 +216,12 @@ def test_hf_backend_and_evaluation_load_in_the_resolved_dtype(monkeypatch, tiny_
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained",
-                        classmethod(lambda cls, name, **kwargs: asked.update(kwargs) or "model"))
+                        classmethod(lambda cls, name, **kwargs: asked.update(kwargs) or torch.nn.Module()))
+    monkeypatch.setattr(modeling, "four_bit_problem", lambda: None)  # a T4's bitsandbytes loads its CUDA library
     modeling.load_base_model(ExperimentConfig(experiment="d", model={"name": str(tiny_model_dir)}).model)
-    assert asked["dtype"] is torch.float16
+    # The default is 4-bit: nf4 weights computing in fp16, placed on the GPU.
+    assert asked["dtype"] is torch.float16 and asked["quantization_config"].bnb_4bit_compute_dtype is torch.float16
+    assert asked["quantization_config"].bnb_4bit_quant_type == "nf4" and asked["device_map"] == {"": "cuda"}
 
 
 def test_grid_params_resolve_for_a_t4(monkeypatch):
