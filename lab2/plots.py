@@ -37,7 +37,12 @@ def plot_val_loss_by_factor(effects: dict[str, pd.DataFrame], noise: float | Non
     fig, axes = plt.subplots(1, max(len(effects), 1), figsize=(4.2 * max(len(effects), 1), 3.6), squeeze=False)
     for ax, (name, rows) in zip(axes[0], effects.items()):
         errors = rows["val_loss_std"].fillna(noise or 0.0)
-        ax.errorbar(rows["value"], rows["val_loss"], yerr=errors, fmt="o-", capsize=4)
+        switch = all(isinstance(v, bool) for v in rows["value"])  # a setting on or off (4-bit): two labelled points
+        x = list(range(len(rows))) if switch else rows["value"]
+        ax.errorbar(x, rows["val_loss"], yerr=errors, fmt="o-", capsize=4)
+        if switch:
+            ax.set_xticks(x, ["on" if v else "off" for v in rows["value"]])
+            ax.set_xlim(-0.5, len(rows) - 0.5)
         ax.set(xlabel=name, ylabel="validation loss", title=f"validation loss vs {name}\n(bars: seed std; single runs: pooled noise)")
         if name == "lr":
             ax.set_xscale("log")

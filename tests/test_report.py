@@ -242,3 +242,15 @@ def test_loss_curves_name_every_run_in_the_legend():
                                 "b": {"history": history, "eval_history": [{"step": 2, "eval_loss": 1.7}]}})
         assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["a (train)", "b (val)"]
         assert plot_loss_curves({}).axes[0].get_legend() is None
+
+
+def test_a_switch_factor_is_plotted_as_off_and_on_not_as_numbers():
+    """4-bit against not: two labelled points, not a line from 0.0 to 1.0."""
+    import pandas as pd
+
+    from lab2.plots import plot_val_loss_by_factor
+
+    rows = pd.DataFrame({"value": [False, True], "val_loss": [1.65, 1.77], "val_loss_std": [0.14, 0.13]})
+    fig = plot_val_loss_by_factor({"4-bit": rows}, 0.13)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["off", "on"] and list(ax.get_xticks()) == [0, 1]
