@@ -46,7 +46,7 @@ def main() -> int:
                     PYSYNC, "cffi", "pycparser"], check=True)
     install_seconds = time.perf_counter() - start
     merged = work / "merged"
-    export.merge_adapter(cfg, exp_dir / "adapter", merged, export.merge_route(cfg, metrics.get("precision")))
+    export.merge_adapter(cfg, exp_dir / "adapter", merged, export.merge_route(cfg, metrics))
     f16 = work / "model.f16.gguf"
     export.convert_to_gguf(merged, f16)
 

@@ -52,11 +52,15 @@ def choose_experiment(output_root: str | Path, experiment: str | None = None) ->
 # --------------------------------------------------------------------------- building the files
 
 
-def merge_route(cfg: ExperimentConfig, precision: dict | None) -> str:
+def merge_route(cfg: ExperimentConfig, metrics: dict) -> str:
     """What the adapter is merged into: for a run trained on nf4 weights (as its metrics.json records),
     `export.merge_base`: "dequantized" (those nf4 weights, as trained and evaluated) or "original" (the
     checkpoint's 16-bit weights); for any other run, "as trained", the weights it trained on."""
-    trained_in_nf4 = (precision or {}).get("weights") == "nf4" if precision else cfg.model.load_in_4bit
+    precision = metrics.get("precision")
+    if precision:
+        trained_in_nf4 = precision.get("weights") == "nf4"
+    else:  # a run from before lab2 recorded it: a CPU then loaded `load_in_4bit` runs unquantised
+        trained_in_nf4 = cfg.model.load_in_4bit and not str((metrics.get("env") or {}).get("device", "")).startswith("cpu")
     return cfg.export.merge_base if trained_in_nf4 else "as trained"
 
 
@@ -361,7 +365,7 @@ def export_experiment(exp_dir: Path, formats: list[str], num_perplexity_samples:
     timings = {}
 
     start = time.perf_counter()
-    route = merge_route(cfg, metrics.get("precision"))
+    route = merge_route(cfg, metrics)
     merge_adapter(cfg, exp_dir / "adapter", merged_dir, route)
     timings["merge_seconds"] = time.perf_counter() - start
 

@@ -140,3 +140,16 @@ def test_the_report_shows_the_weights_and_the_export_chain(qlora_run):
     assert "| f16 | qlora.f16.gguf |" in chain and "| q8_0 | qlora.q8_0.gguf |" in chain
     executed = (out / "report.ipynb").read_text()
     assert "base in nf4 + adapter" in executed  # the notebook's own table of the chain
+
+
+def test_the_merge_route_follows_the_precision_the_run_recorded():
+    qlora = ExperimentConfig(experiment="q", model=QLORA["model"])
+    lora = ExperimentConfig(experiment="l", model={"load_in_4bit": False})
+    original = ExperimentConfig(experiment="q", model=QLORA["model"], export={"merge_base": "original"})
+    assert export.merge_route(qlora, {"precision": {"weights": "nf4"}}) == "dequantized"
+    assert export.merge_route(original, {"precision": {"weights": "nf4"}}) == "original"
+    assert export.merge_route(qlora, {"precision": {"weights": "float32"}}) == "as trained"  # asked for 4-bit, could not
+    assert export.merge_route(lora, {"precision": {"weights": "float16"}}) == "as trained"
+    # Runs from before `precision` was recorded: a CPU loaded load_in_4bit unquantised, a GPU in nf4.
+    assert export.merge_route(qlora, {"env": {"device": "cpu (2 cores)"}}) == "as trained"
+    assert export.merge_route(qlora, {"env": {"device": "Tesla T4"}}) == "dequantized"
