@@ -67,6 +67,10 @@ def test_a_4bit_run_trains_reloads_and_evaluates_the_base_with_the_adapter_off(q
     evals = [e["eval_loss"] for e in metrics["train"]["eval_history"]]
     assert len(history) == 6 and all(map(torch.isfinite, torch.tensor(history)))
     assert evals[-1] < metrics["eval"]["base"]["val_loss"]  # training moved it, on 4-bit weights
+    # The adapter trained in fp32 (TRL 1.15 would have cast it to bf16 for a quantised model; train.keep_adapter_in_fp32).
+    from safetensors.torch import load_file
+
+    assert {t.dtype for t in load_file(qlora_run / "adapter" / "adapter_model.safetensors").values()} == {torch.float32}
     assert metrics["eval"]["val_loss"] != metrics["eval"]["base"]["val_loss"]
 
     # Reloading the finished run (what evaluate.ipynb does): the saved adapter on a 4-bit base.
