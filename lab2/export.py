@@ -299,9 +299,11 @@ def evaluated_model_figures(exp_dir: Path, metrics: dict, cfg: ExperimentConfig,
     """The model as evaluated, on the export's test conversations: the evaluation's own recorded
     per-conversation NLL and greedy answers (the figures the report shows), or, where the run has no
     evaluation on this split, the same model (base at its training precision + adapter) measured now."""
+    from lab2.data import IGNORE_INDEX
+
     recorded = metrics.get("eval") or {}
     figures = (recorded.get("per_conversation") or {}).get("test") or {}
-    tokens = [sum(1 for label in row[1:] if label != -100) for row in test["labels"]]
+    tokens = [sum(1 for label in row[1:] if label != IGNORE_INDEX) for row in test["labels"]]
     if recorded.get("split_fingerprint") == split_fingerprint and figures.get("tokens", [])[: len(tokens)] == tokens:
         return {"nll": figures["nll"][: len(tokens)], "tokens": tokens, "answers": [s["output"] for s in recorded["samples"]],
                 "precision": recorded.get("precision") or metrics.get("precision"), "source": "the recorded evaluation"}
@@ -445,15 +447,14 @@ def push_to_hub(exp_dir: Path, repo_id: str) -> str:
 
 
 def chain_table(export: dict) -> str:
-    """The export as one small table: where quality went between the model evaluated and each file."""
-    lines = [f"{'step':<10}{'ppl':>11}{'change':>9}{'against':>10}{'band':>7}{'verdict':>8}{'same answers':>13}  model"]
-    for row in export.get("chain") or export_chain(export):
-        change = "" if row.get("change_pct") is None else f"{row['change_pct']:+.2f}%"
-        band = "" if "against" not in row else ("-" if row.get("limit_pct") is None else f"±{row['limit_pct']:g}%")
-        verdict = "" if "against" not in row else {True: "ok", False: "FAILED", None: "-"}[row.get("ok")]
-        same = "" if row.get("identical_answers") is None else f"{row['identical_answers']:.0%}"
-        lines.append(f"{row['step']:<10}{row['perplexity']:>11.4g}{change:>9}{row.get('against', ''):>10}{band:>7}{verdict:>8}{same:>13}  {row['model']}")
-    return "\n".join(lines)
+    """The export as one small text table: where quality went between the model evaluated and each file.
+    The cells are the report's own (`report.chain_frame`), padded into columns."""
+    from lab2.report import chain_frame
+
+    frame = chain_frame(export.get("chain") or export_chain(export))
+    rows = [list(frame.columns), *frame.astype(str).values.tolist()]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(frame.columns))]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
 
 
 def summary_table(export: dict) -> str:
