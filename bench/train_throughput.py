@@ -86,7 +86,7 @@ def lab2_run(cfg, tokenizer, splits, out_root: Path) -> tuple[dict, object]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default="params/demo/baseline.yaml", help="params/smol/baseline.yaml: the real model")
+    parser.add_argument("--params", default="params/tiny_random/baseline.yaml", help="params/smol/baseline.yaml: the real model")
     parser.add_argument("--steps", type=int, default=8, help="optimizer steps (x 8 examples each)")
     parser.add_argument("--out", default="bench/results/train_throughput.json")
     args = parser.parse_args()

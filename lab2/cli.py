@@ -126,13 +126,6 @@ def cmd_build_model(args) -> int:
     return 0
 
 
-def cmd_sample_data(args) -> int:
-    from lab2 import sample_data
-
-    print(f"sample conversations written to {sample_data.write(args.path)}")
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     from lab2 import local_models
 
@@ -144,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("sweep", help="run train.ipynb once per params file")
-    p.add_argument("sweep", nargs="?", default="params/demo", help="folder of params files (default params/demo)")
+    p.add_argument("sweep", nargs="?", default="params/smol", help="folder of params files (default params/smol, the real model)")
     p.add_argument("--out", default=None, help="output root (default outputs/<the sweep folder's name>)")
     p.add_argument("--executor", choices=["local", "ray"], default="local", help="local: one after the other (default)")
     p.add_argument("--ray-address", default=None, help="a Ray cluster (default: start one on this machine)")
@@ -162,18 +155,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="merge, convert to GGUF, quantize and check one experiment")
     p.add_argument("--exp", default=None, help="experiment name (default: the report's best configuration, its best seed)")
     p.add_argument("--out", default=None, help="output root (default outputs/<the sweep folder's name>)")
-    p.add_argument("--sweep", default="params/demo", help="the sweep whose outputs to read (default params/demo)")
+    p.add_argument("--sweep", default="params/smol", help="the sweep whose outputs to read (default params/smol)")
     p.add_argument("--formats", nargs="+", default=["f16", "q8_0", "q4_k_m"])
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("report", help="compare the experiments in OUT: markdown, notebook and HTML")
     p.add_argument("--out", default=None, help="output root (default outputs/<the sweep folder's name>)")
-    p.add_argument("--sweep", default="params/demo", help="params folder for exp_best_combination.yaml")
+    p.add_argument("--sweep", default="params/smol", help="params folder for exp_best_combination.yaml")
     p.add_argument("--baseline", default="baseline")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("tiny-model", help="build the offline tiny Llama (real Llama 3.2 tokenizer, random weights)")
-    p.add_argument("dir", nargs="?", default="models/tiny-llama")
+    p.add_argument("dir", nargs="?", default="models/tiny-random-llama")
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=cmd_build_model, build=local_models.build_tiny, what="tiny Llama")
 
@@ -181,10 +174,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", nargs="?", default="models/smollm2-135m-instruct")
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=cmd_build_model, build=local_models.build_smollm2, what="SmolLM2-135M-Instruct")
-
-    p = sub.add_parser("sample-data", help="regenerate the shipped synthetic conversations")
-    p.add_argument("path", nargs="?", default="data/sample_conversations.jsonl")
-    p.set_defaults(func=cmd_sample_data)
     return parser
 
 

@@ -5,7 +5,7 @@ value (tests/test_config.py holds the two together), so a reader sees them witho
 
 An experiment file inherits from every `base.yaml` between it and the nearest
 folder named `params` (outermost first), merged deeply; the experiment file wins.
-So `params/demo/exp_lr.yaml` = `params/base.yaml` <- `params/demo/base.yaml` <- itself.
+So `params/tiny_random/exp_lr.yaml` = `params/base.yaml` <- `params/tiny_random/base.yaml` <- itself.
 
 Everything is checked here, before any data or model is loaded: unknown keys,
 wrong types and impossible values fail with the file and the dotted key.
@@ -330,7 +330,7 @@ def _describe(error: dict, layers: list[tuple[Path, dict]]) -> str:
 
 LOCAL_DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
 # Model folders lab2 builds offline (lab2/local_models.py), and the command that builds each.
-BUILDABLE_MODELS = {"models/tiny-llama": "python -m lab2 tiny-model", "models/smollm2-135m-instruct": "python -m lab2 real-model"}
+BUILDABLE_MODELS = {"models/tiny-random-llama": "python -m lab2 tiny-model", "models/smollm2-135m-instruct": "python -m lab2 real-model"}
 BUNDLED_TEMPLATES = {"llama-3.1": "llama-3.1.jinja"}  # files in lab2/chat_templates/
 # lab2's own folders: a name under one of them is a path even before the folder exists.
 PROJECT_FOLDERS = ("models", "data", "outputs", "params")
@@ -457,7 +457,7 @@ def load_config(path: str | Path, overrides: dict | None = None) -> ExperimentCo
 
 
 def sweep_output_folder(sweep: str | Path) -> Path:
-    """A sweep's own output folder, outputs/<its params folder's name> (outputs/demo for params/demo):
+    """A sweep's own output folder, outputs/<its params folder's name> (outputs/smol for params/smol):
     sweeps never nest, and `make clean SWEEP=...` removes one sweep's results only."""
     return Path("outputs") / Path(sweep).resolve().name
 

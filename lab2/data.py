@@ -1,14 +1,12 @@
 """Conversations -> train/validation/test token ids with the loss on replies only.
 
-1. `load_rows`: the hub (FineTome-100k by default) or a local jsonl/json/parquet file.
-2. `to_messages`: ShareGPT, OpenAI and Alpaca rows become one `[{role, content}]`
-   form; malformed rows are dropped and counted by reason. A row's `answer` (its last
-   reply's one right answer) rides on that reply as `answer`, for exact-match scoring.
-3. `split_conversations`: validation and test are carved from the pool (`data.source`) first,
+1. lab2.conversations: rows from the hub (FineTome-100k by default) or a local file, as
+   `[{role, content}]` conversations; malformed rows dropped and counted by reason.
+2. `split_conversations`: validation and test are carved from the pool (`data.source`) first,
    with `split_seed`: the same held-out conversations for every run of a sweep.
-4. Training rows: the pool's rest and any other `train_sources` (lab2.data_selection), minus every
+3. Training rows: the pool's rest and any other `train_sources` (lab2.data_selection), minus every
    row equal or near-equal to a held-out one, then the run's data-centric `select` rules.
-5. `tokenize_conversation`: the chat template is applied once (one BOS), and
+4. `tokenize_conversation`: the chat template is applied once (one BOS), and
    labels are -100 everywhere except the assistant's replies.
 """
 
@@ -18,118 +16,14 @@ import hashlib
 import json
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
-from lab2.config import LOCAL_DATA_SUFFIXES, ConfigError, DataSection, looks_like_local_path
+from lab2 import data_selection
+from lab2.config import ConfigError, DataSection
+from lab2.conversations import load_rows, normalise
 
 IGNORE_INDEX = -100
-SHAREGPT_ROLES = {
-    "human": "user", "user": "user",
-    "gpt": "assistant", "assistant": "assistant", "model": "assistant", "chatgpt": "assistant",
-    "system": "system",
-}
-OPENAI_ROLES = {"user": "user", "assistant": "assistant", "system": "system"}
-LOCAL_BUILDERS = dict(zip(LOCAL_DATA_SUFFIXES, ("json", "json", "parquet")))
-
-
-# --------------------------------------------------------------------------- loading
-
-
-def load_rows(source: str, hub_split: str = "train", subset: int | None = None):
-    """A `datasets.Dataset` of raw rows, from a local file, a local dataset folder or the hub."""
-    from datasets import load_dataset
-
-    path = Path(source)
-    if path.is_file():
-        builder = LOCAL_BUILDERS.get(path.suffix)
-        if builder is None:
-            raise ConfigError(f"data.source: {source}: unsupported file type (use .jsonl, .json or .parquet)")
-        rows = load_dataset(builder, data_files=str(path), split="train")
-    elif path.is_dir() or not looks_like_local_path(source):
-        # A hub id, or a local copy of a hub dataset repo: the same call either way.
-        rows = load_dataset(source, split=hub_split)
-    else:
-        raise ConfigError(f"data.source: {source}: no such file")
-    if subset is not None and subset < len(rows):
-        rows = rows.select(range(subset))
-    return rows
-
-
-# --------------------------------------------------------------------------- normalising
-
-
-def detect_format(row: dict) -> str:
-    if "conversations" in row:
-        return "sharegpt"
-    if "messages" in row:
-        turns = row["messages"] or [{}]
-        return "sharegpt" if isinstance(turns[0], dict) and "from" in turns[0] else "openai"
-    if "instruction" in row and "output" in row:
-        return "alpaca"
-    raise ValueError("no 'conversations', 'messages' or 'instruction'/'output' column")
-
-
-def to_messages(row: dict, fmt: str) -> tuple[list[dict] | None, str | None]:
-    """(messages, None) for a usable row, or (None, reason) for a malformed one."""
-    if fmt == "auto":
-        try:
-            fmt = detect_format(row)
-        except ValueError as exc:
-            return None, str(exc)
-    if fmt == "alpaca":
-        instruction, extra, output = row.get("instruction"), row.get("input"), row.get("output")
-        if not isinstance(instruction, str) or not isinstance(output, str):
-            return None, "alpaca row without instruction/output text"
-        prompt = f"{instruction}\n\n{extra}" if isinstance(extra, str) and extra.strip() else instruction
-        turns = [("user", prompt), ("assistant", output)]
-    else:
-        raw = row.get("conversations") if "conversations" in row else row.get("messages")
-        if not isinstance(raw, list) or not raw:
-            return None, "no turns"
-        role_key, text_key, roles = ("from", "value", SHAREGPT_ROLES) if fmt == "sharegpt" else ("role", "content", OPENAI_ROLES)
-        turns = []
-        for turn in raw:
-            if not isinstance(turn, dict):
-                return None, "turn is not a mapping"
-            role = roles.get(str(turn.get(role_key, "")).lower())
-            if role is None:
-                return None, "unknown role"
-            turns.append((role, turn.get(text_key)))
-    messages = []
-    for i, (role, content) in enumerate(turns):
-        if not isinstance(content, str) or not content.strip():
-            return None, "empty content"
-        if role == "system" and i != 0:
-            return None, "system message after the first turn"
-        messages.append({"role": role, "content": content})
-    roles = [m["role"] for m in messages if m["role"] != "system"]
-    if "assistant" not in roles:
-        return None, "no assistant reply"
-    if roles[0] != "user":
-        return None, "conversation does not start with the user"
-    if isinstance(row.get("answer"), str) and row["answer"].strip():
-        # The last reply's one right answer, for exact-match scoring; chat templates never read it.
-        last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
-        messages[last]["answer"] = row["answer"].strip()
-    return messages, None
-
-
-def normalise(rows, fmt: str = "auto", origin: str = "pool") -> tuple[list[dict], Counter]:
-    """Usable rows as records {messages, score, source, origin}, and the malformed ones counted by reason.
-    `score` (a quality score, FineTome's) and `source` (the row's own collection) are kept for
-    data-centric selection; `origin` is the train source the row came from."""
-    records, dropped = [], Counter()
-    for row in rows:
-        messages, reason = to_messages(row, fmt)
-        if messages is None:
-            dropped[reason] += 1
-        else:
-            score = row.get("score")
-            records.append({"messages": messages, "score": float(score) if isinstance(score, (int, float)) else None,
-                            "source": row.get("source") if isinstance(row.get("source"), str) else None, "origin": origin})
-    return records, dropped
 
 
 # --------------------------------------------------------------------------- splitting
@@ -240,7 +134,8 @@ def show_label_mask(example: dict, tokenizer) -> str:
 
 @dataclass
 class Splits:
-    """Tokenized datasets for training plus the conversations they came from."""
+    """Tokenized datasets plus the conversations they came from; `train` is None when built by
+    `build_held_out` (evaluation and export need the held-out rows only)."""
 
     train: object
     validation: object
@@ -269,26 +164,45 @@ def tokenize_split(conversations: list, tokenizer, max_length: int, min_reply_to
     return Dataset.from_list(rows), counts
 
 
-def build_splits(data: DataSection, tokenizer, max_seq_length: int) -> Splits:
-    from lab2 import data_selection
-
+def held_out_split(data: DataSection) -> tuple[dict[str, list], dict]:
+    """The pool's rows split: test and validation first, with the split seed, so every run of a sweep
+    sees the same held-out conversations; the rest are the pool's training rows. Plus what reading it
+    dropped."""
     rows = load_rows(data.source, data.hub_split, data.subset)
     pool, dropped = normalise(rows, data.format)
     if not pool:
         reasons = ", ".join(f"{k}: {v}" for k, v in dropped.items()) or "the source is empty"
         raise ConfigError(f"data.source: {data.source}: no valid conversation ({reasons})")
-    # Held-out first, from the pool alone: every run of the sweep sees the same conversations there.
     parts = split_conversations(pool, data.val_size, data.test_size, data.split_seed)
-    held_out = parts["validation"] + parts["test"]
-    training, selection = data_selection.training_rows(data, parts["train"], held_out)
-    conversations = {"train": [r["messages"] for r in training], "validation": [r["messages"] for r in parts["validation"]],
-                     "test": [r["messages"] for r in parts["test"]]}
-    datasets, stats = {}, {"rows": len(rows), "dropped_malformed": dict(dropped), "dropped_total": sum(dropped.values())}
+    return parts, {"rows": len(rows), "dropped_malformed": dict(dropped), "dropped_total": sum(dropped.values())}
+
+
+def _tokenized(conversations: dict[str, list], data: DataSection, tokenizer, max_seq_length: int, stats: dict) -> Splits:
+    datasets = {"train": None}
     for name, convs in conversations.items():
         datasets[name], counts = tokenize_split(convs, tokenizer, max_seq_length, data.select.min_reply_tokens if name == "train" else 0)
         stats[name] = {"conversations": len(convs), "examples": len(datasets[name]), **counts}
-    selection["rules"]["min_reply_tokens"] = stats["train"].pop("dropped_min_reply_tokens", 0)
-    stats["selection"] = selection
     stats["fingerprint"] = fingerprint([conversations["validation"], conversations["test"]])
     stats["tokenizer_fingerprint"] = tokenizer_fingerprint(tokenizer)
     return Splits(**datasets, conversations=conversations, stats=stats)
+
+
+def build_held_out(data: DataSection, tokenizer, max_seq_length: int) -> Splits:
+    """Validation and test only (`train` is None), for evaluation and export: the same conversations and
+    fingerprint as `build_splits` gives training, without gathering, filtering or tokenising training rows."""
+    parts, stats = held_out_split(data)
+    conversations = {"validation": [r["messages"] for r in parts["validation"]], "test": [r["messages"] for r in parts["test"]]}
+    return _tokenized(conversations, data, tokenizer, max_seq_length, stats)
+
+
+def build_splits(data: DataSection, tokenizer, max_seq_length: int) -> Splits:
+    """Training, validation and test: the held-out split, then the training rows chosen for this run
+    (lab2.data_selection: other sources, held-out copies removed, the `select` rules)."""
+    parts, stats = held_out_split(data)
+    training, selection = data_selection.training_rows(data, parts["train"], parts["validation"] + parts["test"])
+    conversations = {"train": [r["messages"] for r in training], "validation": [r["messages"] for r in parts["validation"]],
+                     "test": [r["messages"] for r in parts["test"]]}
+    splits = _tokenized(conversations, data, tokenizer, max_seq_length, stats)
+    selection["rules"]["min_reply_tokens"] = stats["train"].pop("dropped_min_reply_tokens", 0)
+    stats["selection"] = selection
+    return splits

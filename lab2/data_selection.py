@@ -25,6 +25,7 @@ from collections import Counter
 import numpy as np
 
 from lab2.config import ConfigError, DataSection
+from lab2.conversations import load_rows, normalise
 
 NEAR_THRESHOLD = 0.8  # estimated Jaccard similarity of word 5-gram sets
 SHINGLE_WORDS = 5
@@ -67,8 +68,6 @@ def near_index(records: list[dict]):
 
 def gather(data: DataSection, pool_train: list[dict]) -> tuple[list[dict], dict]:
     """Rows of every train source, each drawn with the split seed; counts offered per source."""
-    from lab2.data import load_rows, normalise
-
     rng = np.random.default_rng(data.split_seed)
     rows, offered = [], {}
     for spec in data.train_sources:

@@ -380,7 +380,7 @@ def export_experiment(exp_dir: Path, formats: list[str], num_perplexity_samples:
 
     # The same test conversations for every step: the model as evaluated, the merged HF model (float32), each GGUF.
     tokenizer = modeling.load_tokenizer(str(merged_dir), "model")
-    splits = data.build_splits(cfg.data, tokenizer, cfg.model.max_seq_length)
+    splits = data.build_held_out(cfg.data, tokenizer, cfg.model.max_seq_length)
     test = splits.test.select(range(min(num_perplexity_samples, len(splits.test))))
     evaluated = evaluated_model_figures(exp_dir, metrics, cfg, tokenizer, test, splits.stats["fingerprint"])
     from transformers import AutoModelForCausalLM

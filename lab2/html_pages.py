@@ -46,54 +46,52 @@ def _notebook_error(notebook: Path) -> str:
 
 
 def landing_page(output_root: str | Path, report) -> Path:
-    """OUT/index.html, the page to open first: findings, the ranked table with links to every run's
-    executed pages, the figures, and what failed. Built from `lab2.report.Report`, the same data as
-    EXPERIMENT_REPORT.md, and rendered by nbconvert like the notebook pages; every link is relative."""
+    """OUT/index.html, the page to open first. Its first screen answers at a glance: the ranked short
+    table (with links to every run's executed pages), each run's paired difference from the baseline
+    against the seed-noise band, and at most five findings; everything else follows below. Built from
+    `lab2.report.Report` and its column registry, the same data as EXPERIMENT_REPORT.md, and rendered
+    by nbconvert like the notebook pages; every link is relative."""
+    from html import escape
+
     import nbformat
     from nbconvert import HTMLExporter
 
     from lab2.comparison import MEASURES, group_of
-    from lab2.report import base_model_line, format_number
+    from lab2.report import base_model_line, chain_frame, columns_for, formatted, glance_table, html_table
 
     root = Path(output_root)
     runs_of: dict[str, list[str]] = {}
     for metrics in report.complete:
         runs_of.setdefault(group_of(metrics), []).append(metrics["experiment"])
-    rows = []
-    for _, row in report.ranked.iterrows():
-        links = []
-        for name in sorted(runs_of.get(row["group"], [])):
+    links = []
+    for group in report.table()["group"]:
+        lines = []
+        for name in sorted(runs_of.get(group, [])):
             pages = [_link(root, Path("html") / name / f"{stage}.html", stage) for stage in ("train", "evaluate", "export")]
-            links.append(f"{name}: " + " · ".join(p for p in pages if p))
-        std = "" if row["val_loss_std"] != row["val_loss_std"] else f" ± {row['val_loss_std']:.4f}"
-        rows.append(f"<tr><td>{row['group']}</td><td>{row['data']}</td><td>{int(row['seeds'])}</td><td>{row['val_loss']:.4f}{std}</td>"
-                    f"<td>{format_number(row['val_bpb'])}</td>"
-                    f"<td>{row['verdict']} ({row[f'{report.measure}_vs_base_pct']:+.2f} %)</td><td>{row['paired']} {row['paired_verdict']}</td>"
-                    f"<td>{format_number(row['test_loss'])}</td>"
-                    f"<td>{format_number(row['bleu'], '.2f')}</td><td>{format_number(row['rouge_l'], '.3f')}</td>"
-                    f"<td>{format_number(row['exact_match'], '.1%')}</td><td>{row['weights']}</td>"
-                    f"<td>{format_number(row['s_per_step'], '.2f')}</td><td>{format_number(row['peak_mem_mb'], '.0f')}</td>"
-                    f"<td>{'<br>'.join(links)}</td></tr>")
-    table = ("<table><thead><tr><th>group</th><th>training data</th><th>seeds</th><th>val loss ± std</th><th>val bits/byte</th>"
-             "<th>vs baseline (seed noise)</th><th>paired vs baseline [95 %]</th><th>test loss</th>"
-             "<th>BLEU</th><th>ROUGE-L</th><th>exact match</th><th>weights</th><th>s/step</th><th>peak MB</th>"
-             "<th>runs: executed pages</th></tr></thead><tbody>"
-             + "".join(rows) + "</tbody></table>")
+            lines.append(f"{escape(name)}: " + " · ".join(p for p in pages if p))
+        links.append("<br>".join(lines))
+    paired = Path("report_figures") / "paired_differences.png"
+    figure = f'<img src="{paired.as_posix()}" alt="paired differences" style="max-width: 560px; width: 48%">' if (root / paired).is_file() else ""
+    glance = "".join(f"<li>{escape(line)}</li>" for line in report.glance)
     cells = [
-        f"# lab2 experiments\n\nRanked on held-out {MEASURES[report.measure]} (mean over seeds where repeated), the same "
-        "conversations for every run; training loss is never compared. Full report: "
+        f"# lab2 experiments\n\nRanked on held-out {MEASURES[report.measure]}, the same conversations for every run (mean "
+        "over seeds where repeated); training loss is never compared. Full report: "
         "[EXPERIMENT_REPORT.md](EXPERIMENT_REPORT.md) · [report.html](report.html).",
-        "## Findings\n\n" + "\n".join(f"- {line}" for line in report.findings),
-        "## Experiments, best first\n\n" + table,
+        html_table(glance_table(report), {"runs: executed pages": links}),
+        f'<div style="display: flex; gap: 24px; align-items: flex-start">{figure}<ul style="flex: 1">{glance}</ul></div>',
+        "## All findings\n\n" + "\n".join(f"- {line}" for line in report.findings),
+        "## Experiments, every column\n\n" + html_table(formatted(report.table(), columns_for(report.measure))),
     ]
     if report.base_model:
         cells.append(base_model_line(report.base_model))
     if not report.sample_answers.empty:
         cells.append(f"## Sample answers: {report.best_run['experiment']} against the base model\n\n"
                      + report.sample_answers.to_html(index=False, escape=True))
-    figures = sorted((root / "report_figures").glob("*.png"))
+    figures = [p for p in sorted((root / "report_figures").glob("*.png")) if p.name != paired.name]
     if figures:
-        cells.append("## Figures\n\n" + "\n\n".join(f"![{p.stem.replace('_', ' ')}]({p.relative_to(root).as_posix()})" for p in figures))
+        cells.append("## More figures\n\n" + "\n\n".join(f"![{p.stem.replace('_', ' ')}]({p.relative_to(root).as_posix()})" for p in figures))
+    for experiment, chain in report.export_chains().items():
+        cells.append(f"## Export of {experiment}: from the model evaluated to each GGUF\n\n" + chain_frame(chain).to_html(index=False))
     lines = []
     recorded = {m.get("experiment") for m in report.unfinished}
     for metrics in report.unfinished:  # a metrics.json that says failed or running
@@ -105,7 +103,7 @@ def landing_page(output_root: str | Path, report) -> Path:
             recorded.add(name)
             lines.append(f"- **{name}**: failed: {_notebook_error(failed)} {_failed_page(root, name)}".rstrip())
     if lines:
-        cells.append("## Failed or unfinished\n\n" + "\n".join(lines))
+        cells.insert(3, "## Failed or unfinished\n\n" + "\n".join(lines))  # right below the first screen: never missed
     notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(c) for c in cells])
     body, _ = HTMLExporter(exclude_input=True).from_notebook_node(notebook, resources={"metadata": {"name": "lab2 experiments"}})
     index = root / "index.html"

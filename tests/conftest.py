@@ -65,15 +65,15 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     from lab2.modeling import build_tiny_llama
 
     # Narrower than the demo model (64 vs 256) to keep the suite fast; same tokenizer and code path.
-    return build_tiny_llama(tmp_path_factory.mktemp("models") / "tiny-llama", hidden_size=64)
+    return build_tiny_llama(tmp_path_factory.mktemp("models") / "tiny-random-llama", hidden_size=64)
 
 
 @pytest.fixture(scope="session")
 def demo_model() -> Path:
-    """models/tiny-llama, which params/demo names: `make setup` builds it; built here if missing."""
+    """models/tiny-random-llama, which params/tiny_random names: `make setup` builds it; built here if missing."""
     from lab2.modeling import build_tiny_llama
 
-    path = REPO / "models" / "tiny-llama"
+    path = REPO / "models" / "tiny-random-llama"
     if not (path / "config.json").is_file():
         build_tiny_llama(path)
     return path
@@ -128,17 +128,17 @@ def swept(tmp_path_factory) -> Path:
     checkout = tmp_path_factory.mktemp("swept") / "checkout"
     (checkout / "data").mkdir(parents=True)
     shutil.copy(SAMPLE_DATA, checkout / "data" / SAMPLE_DATA.name)
-    base = tiny_base(Path("models/tiny-llama"), max_steps=2, eval_steps=2, save_steps=2)
+    base = tiny_base(Path("models/tiny-random-llama"), max_steps=2, eval_steps=2, save_steps=2)
     base["data"]["source"] = f"data/{SAMPLE_DATA.name}"
-    (checkout / "params" / "demo").mkdir(parents=True)
+    (checkout / "params" / "tiny_random").mkdir(parents=True)
     (checkout / "params" / "base.yaml").write_text(yaml.safe_dump(base))
-    (checkout / "params" / "demo" / "baseline.yaml").write_text("experiment: baseline\n")
-    (checkout / "params" / "demo" / "lr_high.yaml").write_text("train:\n  learning_rate: 5.0e-3\n")
+    (checkout / "params" / "tiny_random" / "baseline.yaml").write_text("experiment: baseline\n")
+    (checkout / "params" / "tiny_random" / "lr_high.yaml").write_text("train:\n  learning_rate: 5.0e-3\n")
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(checkout)
         patch.setenv("HF_TOKEN", FAKE_TOKEN)  # in every kernel's environment; must reach no file in OUT
-        assert cli.main(["sweep", "params/demo", "--out", "outputs"]) == 0
-        assert cli.main(["report", "--out", "outputs", "--sweep", "params/demo"]) == 0
+        assert cli.main(["sweep", "params/tiny_random", "--out", "outputs"]) == 0
+        assert cli.main(["report", "--out", "outputs", "--sweep", "params/tiny_random"]) == 0
         assert cli.main(["export", "--out", "outputs"]) == 0  # the report's best, in f16, q8_0 and q4_k_m
     return checkout
 

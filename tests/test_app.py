@@ -10,7 +10,7 @@ import pytest
 
 from lab2.app import ChatModel, InputTooLong, build_app, load_llm, to_messages
 from lab2.export import choose_experiment
-from lab2.screenshot import CHROMIUM, CHROMIUM_ARGS  # one definition, shared with `make screenshot`
+from tools.screenshot import CHROMIUM, CHROMIUM_ARGS  # one definition, shared with `make screenshot`
 
 
 @pytest.fixture(scope="module")

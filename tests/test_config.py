@@ -101,9 +101,9 @@ def test_cli_validate_reports_one_line_per_bad_file_without_traceback(params_tre
 def test_shipped_params_are_valid(demo_model):
     from tests.conftest import REPO
 
-    for path in experiment_files([REPO / "params" / "demo"]):
+    for path in experiment_files([REPO / "params" / "tiny_random"]):
         load_config(path)
-    assert len(experiment_files([REPO / "params" / "demo"])) >= 4
+    assert len(experiment_files([REPO / "params" / "tiny_random"])) >= 4
 
 
 def test_shards_split_a_sweep_without_overlap_and_do_not_move_when_a_file_is_added():
@@ -129,20 +129,20 @@ def test_shards_split_a_sweep_without_overlap_and_do_not_move_when_a_file_is_add
 
 
 def test_make_clean_removes_one_sweep_only(tmp_path):
-    for sweep in ("demo", "smol"):
+    for sweep in ("tiny_random", "smol"):
         (tmp_path / "outputs" / sweep / "baseline").mkdir(parents=True)
         (tmp_path / "outputs" / sweep / "baseline" / "metrics.json").write_text("{}")
-    subprocess.run(["make", "-s", "-f", str(REPO / "Makefile"), "clean", "SWEEP=params/smol"], cwd=tmp_path, check=True)
-    assert not (tmp_path / "outputs" / "smol").exists()
-    assert (tmp_path / "outputs" / "demo" / "baseline" / "metrics.json").is_file()
-    subprocess.run(["make", "-s", "-f", str(REPO / "Makefile"), "clean"], cwd=tmp_path, check=True)  # the demo's, by default
-    assert not (tmp_path / "outputs" / "demo").exists() and (tmp_path / "outputs").is_dir()
+    subprocess.run(["make", "-s", "-f", str(REPO / "Makefile"), "clean", "SWEEP=params/tiny_random"], cwd=tmp_path, check=True)
+    assert not (tmp_path / "outputs" / "tiny_random").exists()
+    assert (tmp_path / "outputs" / "smol" / "baseline" / "metrics.json").is_file()
+    subprocess.run(["make", "-s", "-f", str(REPO / "Makefile"), "clean"], cwd=tmp_path, check=True)  # the default sweep's: the real model's
+    assert not (tmp_path / "outputs" / "smol").exists() and (tmp_path / "outputs").is_dir()
 
 
 def test_every_sweep_writes_to_its_own_folder():
     from lab2.config import sweep_output_folder
 
-    assert sweep_output_folder("params/demo") == sweep_output_folder("params/demo/") == Path("outputs/demo")
+    assert sweep_output_folder("params/tiny_random") == sweep_output_folder("params/tiny_random/") == Path("outputs/tiny_random")
     assert sweep_output_folder(REPO / "params" / "smol") == Path("outputs/smol")
 
 
@@ -182,7 +182,7 @@ def test_hub_ids_stay_hub_ids_and_local_names_are_paths(tmp_path, monkeypatch):
     (tmp_path / "checkpoints").mkdir()
     for hub in ("unsloth/Llama-3.2-1B-Instruct", "mlabonne/FineTome-100k", "gpt2"):
         assert not looks_like_local_path(hub)
-    for local in ("models/tiny-llama", "checkpoints/run", "./x", "/abs/x", "~/x", "a/b/c", "rows.jsonl", "t.jinja"):
+    for local in ("models/tiny-random-llama", "checkpoints/run", "./x", "/abs/x", "~/x", "a/b/c", "rows.jsonl", "t.jinja"):
         assert looks_like_local_path(local), local
 
 
@@ -207,19 +207,19 @@ def test_base_yaml_spells_out_exactly_the_code_defaults():
 def test_readme_validate_example_is_the_real_output(demo_model):
     """The params page's console example is checked, not typed: a changed hash must be changed there too."""
     readme = (REPO / "docs" / "params.md").read_text()
-    example = next(line for line in readme.splitlines() if line.startswith("ok   params/demo/baseline.yaml"))
-    real = subprocess.run([sys.executable, "-m", "lab2", "validate", "params/demo/baseline.yaml"], cwd=REPO,
+    example = next(line for line in readme.splitlines() if line.startswith("ok   params/tiny_random/baseline.yaml"))
+    real = subprocess.run([sys.executable, "-m", "lab2", "validate", "params/tiny_random/baseline.yaml"], cwd=REPO,
                           capture_output=True, text=True, timeout=120).stdout.strip()
     assert example == real
 
 
 def test_readme_typo_example_is_the_real_message(params_tree):
     readme = (REPO / "docs" / "params.md").read_text()
-    example = next(line for line in readme.splitlines() if line.startswith("error: params/demo/typo.yaml: "))
+    example = next(line for line in readme.splitlines() if line.startswith("error: params/tiny_random/typo.yaml: "))
     typo = params_tree("demo/typo.yaml", {"train": {"lerning_rate": 5e-3}})
     with pytest.raises(ConfigError) as info:
         load_config(typo)
-    assert example.removeprefix("error: params/demo/typo.yaml: ") == str(info.value).removeprefix(f"{typo}: ")
+    assert example.removeprefix("error: params/tiny_random/typo.yaml: ") == str(info.value).removeprefix(f"{typo}: ")
 
 
 def _chatml_model_folder(root: Path) -> Path:

@@ -3,16 +3,8 @@ import json
 import pytest
 
 from lab2.config import ConfigError, DataSection
-from lab2.data import (
-    IGNORE_INDEX,
-    build_splits,
-    fingerprint,
-    load_rows,
-    normalise,
-    split_conversations,
-    to_messages,
-    tokenize_conversation,
-)
+from lab2.conversations import load_rows, normalise, to_messages
+from lab2.data import IGNORE_INDEX, build_held_out, build_splits, fingerprint, split_conversations, tokenize_conversation
 from tests.conftest import SAMPLE_DATA
 
 CONVERSATION = [
@@ -108,6 +100,30 @@ def test_build_splits_on_sample_data(tokenizer):
     assert all(len(ids) <= 256 for ids in splits.train["input_ids"])
     again = build_splits(section, tokenizer, max_seq_length=256)
     assert again.stats["fingerprint"] == stats["fingerprint"]
+
+
+def test_held_out_build_gives_training_the_same_conversations_without_building_training_rows(tokenizer, monkeypatch):
+    """Evaluation and export build validation and test only: the same token ids and fingerprint as
+    training's build, and no training row gathered, filtered (MinHash) or tokenised."""
+    from lab2 import data_selection
+
+    section = DataSection(source=str(SAMPLE_DATA), subset=None, val_size=20, test_size=20)
+    full = build_splits(section, tokenizer, max_seq_length=256)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the held-out build chose training rows")
+
+    monkeypatch.setattr(data_selection, "training_rows", refuse)
+    held_out = build_held_out(section, tokenizer, max_seq_length=256)
+    assert held_out.train is None and "train" not in held_out.conversations and "train" not in held_out.stats
+    assert held_out.stats["fingerprint"] == full.stats["fingerprint"]
+    assert held_out.stats["tokenizer_fingerprint"] == full.stats["tokenizer_fingerprint"]
+    for name in ("validation", "test"):
+        assert held_out.conversations[name] == full.conversations[name]
+        assert getattr(held_out, name)["input_ids"] == getattr(full, name)["input_ids"]
+        assert getattr(held_out, name)["labels"] == getattr(full, name)["labels"]
+    with pytest.raises(AssertionError, match="chose training rows"):  # the guard itself bites
+        build_splits(section, tokenizer, max_seq_length=256)
 
 
 def test_missing_file_and_empty_data_fail_clearly(tmp_path, tokenizer):

@@ -7,7 +7,8 @@ import pytest
 
 from lab2 import data_selection
 from lab2.config import ConfigError, DataSection, experiment_files, load_config
-from lab2.data import normalise, split_conversations
+from lab2.conversations import normalise
+from lab2.data import split_conversations
 from tests.conftest import REPO, SAMPLE_DATA
 
 def long_reply(i: int) -> str:
@@ -108,7 +109,7 @@ def test_a_score_filter_on_a_source_without_scores_is_refused(tmp_path):
         data_selection.training_rows(section, parts["train"], held_out)
 
 
-@pytest.mark.parametrize("sweep", ["demo", "smol", "smol_data"])
+@pytest.mark.parametrize("sweep", ["tiny_random", "smol", "smol_data"])
 def test_no_sweep_of_the_repository_trains_on_a_held_out_row(sweep):
     """Every params file of the local-data sweeps (params/lab2 reads the hub: the same code, not here)."""
     for path in experiment_files([REPO / "params" / sweep]):

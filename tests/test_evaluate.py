@@ -162,14 +162,14 @@ def test_exact_match_needs_the_whole_answer_in_order():
 
 def test_answer_keys_ride_from_the_data_to_exact_match():
     """The shipped rows' `answer` reaches evaluation; rows without one are not scored."""
-    from lab2 import data
+    from lab2 import conversations
 
     rows = [json.loads(line) for line in SAMPLE_DATA.read_text().splitlines()]
-    records, _ = data.normalise(rows)
+    records, _ = conversations.normalise(rows)
     keyed = [r["messages"] for r in records if any("answer" in m for m in r["messages"])]
     assert len(keyed) == sum("answer" in r for r in rows) > 100
     row = next(r for r in rows if "answer" in r and r["score"] >= 3)  # a clean row (noisy ones state a wrong answer)
-    last_reply = [m for m in data.to_messages(row, "auto")[0] if m["role"] == "assistant"][-1]
+    last_reply = [m for m in conversations.to_messages(row, "auto")[0] if m["role"] == "assistant"][-1]
     assert last_reply["answer"] == row["answer"] and row["answer"] in last_reply["content"]
 
 

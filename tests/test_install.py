@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from lab2 import colab_rehearsal, colab_runtime, install
+from lab2 import install
+from tools import colab_rehearsal, colab_runtime
 from tests.conftest import REPO
 
 
@@ -143,7 +144,7 @@ def test_metadata_only_packages_are_what_pip_sees(colab_like_env):
 
 
 def test_wheel_names_that_fit_colab():
-    from lab2.colab_rehearsal import fits_colab
+    from tools.colab_rehearsal import fits_colab
 
     assert fits_colab("torch-2.13.0-cp313-cp313-manylinux_2_28_x86_64.whl")
     assert fits_colab("bitsandbytes-0.50.2-py3-none-manylinux_2_24_x86_64.whl")

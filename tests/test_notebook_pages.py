@@ -38,7 +38,7 @@ def test_outputs_name_no_machine_path_nor_the_token(swept):
     out = swept / "outputs"
     injected = next(c for c in nbformat.read(out / "baseline" / "train.ipynb", as_version=4).cells
                     if "injected-parameters" in c.metadata.get("tags", []))
-    assert 'params_path = "params/demo/baseline.yaml"' in injected.source and 'output_root = "outputs"' in injected.source
+    assert 'params_path = "params/tiny_random/baseline.yaml"' in injected.source and 'output_root = "outputs"' in injected.source
     # The HF token was in every kernel's environment (the sweep's, the report's and the export's).
     needles = [str(swept), str(Path.home()).rstrip(os.sep) + os.sep, str(REPO), FAKE_TOKEN]
     offenders = [f"{path.relative_to(out)} names {needle}" for path in out.rglob("*") if path.is_file()
@@ -52,7 +52,7 @@ def test_landing_page_in_a_real_browser(swept, tmp_path):
     from playwright.sync_api import sync_playwright
 
     from lab2.report import Report
-    from lab2.screenshot import CHROMIUM, CHROMIUM_ARGS, landing_page_png, png_size
+    from tools.screenshot import CHROMIUM, CHROMIUM_ARGS, landing_page_png, png_size
 
     out = swept / "outputs"
     groups = list(Report(out).ranked["group"])

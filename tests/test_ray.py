@@ -43,7 +43,7 @@ def _files(folder):
 
 def test_ray_runs_match_the_local_ones_in_place_and_copied_back(local_ray, swept, tmp_path, capsys):
     local = swept / "outputs"
-    outcomes = run_sweep(local_ray / "params" / "demo", tmp_path / "ray", execute=in_place_and_copied_back)
+    outcomes = run_sweep(local_ray / "params" / "tiny_random", tmp_path / "ray", execute=in_place_and_copied_back)
     printed = capsys.readouterr().out
     assert [(o.name, o.status) for o in outcomes] == [("baseline", "complete"), ("lr_high", "complete")]
     assert printed.count("[done 1/1]") == 2

@@ -78,6 +78,45 @@ def test_findings_are_computed_from_the_data(outputs):
     assert "Best configuration: steps_240" in text
 
 
+def test_at_a_glance_five_findings_in_the_order_a_student_needs_them(outputs):
+    """What helped beyond the noise and by how much, what hurt, the best configuration, fine-tuned against
+    base, what is not settled: worked out by hand from the fixture (baseline 2.00, sigma 0.02)."""
+    assert Report(outputs).glance == [
+        "Helped beyond the noise (2 sigma of seed noise, 0.0400): steps_240 -12.5 %; steps_120 -10.0 %; rank_32 -5.0 %.",
+        "Hurt beyond the noise: steps_30 +20.0 %.",
+        "Best configuration: steps_240, validation loss per token 1.7500 against the baseline's 2.0000.",
+        "Fine-tuned against the base model (adapter off): validation loss per token 3.0000 -> 2.0000 for the baseline (-33.3 %); "
+        "exact match 10% -> 50%.",
+        "Not settled: lr_high (-0.5 %, within the noise).",
+    ]
+
+
+def test_without_repeats_the_glance_says_noise_unknown_and_claims_nothing(tmp_path):
+    out = tmp_path / "outputs"
+    _run(out, "baseline", 2.00)
+    _run(out, "rank_32", 1.90, lora={"r": 32, "alpha": 32})
+    glance = Report(out).glance
+    assert glance[0].startswith("Noise unknown: no configuration was repeated over seeds")
+    assert not any(line.startswith(("Helped", "Hurt")) for line in glance)
+    assert glance[-1] == "Not settled: rank_32 (-5.0 %)."
+
+
+def test_a_metric_added_to_the_column_registry_reaches_every_rendering(outputs, monkeypatch):
+    """One line in report.COLUMNS: the markdown report (short and full tables) and the landing page show it."""
+    from lab2 import report
+    from lab2.html_pages import landing_page
+
+    monkeypatch.setattr(report, "COLUMNS", (*report.COLUMNS, report.Column("test_loss_vs_base_pct", "test vs baseline %", "+.2f", glance=True)))
+    rep = Report(outputs)
+    md = write_report(rep, outputs, None).read_text()
+    header = next(line for line in md.splitlines() if line.startswith("| group |"))
+    assert header.endswith("| test vs baseline % |") and md.count("| test vs baseline % |") == 2  # the short table and the full one
+    rank_32 = next(line for line in md.splitlines() if line.startswith("| rank_32 |"))
+    assert rank_32.endswith("| -4.98 |")  # (1.91 - 2.01) / 2.01
+    html = landing_page(outputs, rep).read_text()
+    assert html.count("<th>test vs baseline %</th>") == 2 and "<td>-4.98</td>" in html
+
+
 def test_best_combination_and_never_over_a_hand_written_file(outputs, tmp_path):
     rep = Report(outputs)
     assert rep.best_combination == {
@@ -98,7 +137,7 @@ def test_markdown_report_and_html_index(outputs, tmp_path):
 
     rep = Report(outputs)
     md = write_report(rep, outputs, None).read_text()
-    assert "## Findings" in md and "| steps_240 |" in md and "within noise" in md
+    assert "## All findings" in md and "| steps_240 |" in md and "within noise" in md
     assert "## Not ranked: evaluated on a different split" in md and "| other_data | split-B |" in md
     assert "broken: failed NaN" in md
     for name in ("loss_curves", "validation_loss_by_factor", "cost_against_benefit"):
@@ -227,7 +266,7 @@ def test_make_report_on_a_real_sweep_and_make_export_takes_its_best(swept):
     assert "none of the 16 held-out conversations is in any run's training rows" in md  # 8 validation + 8 test
     for name in ("loss_curves", "validation_loss_by_factor", "cost_against_benefit", "paired_differences"):
         assert (out / "report_figures" / f"{name}.png").stat().st_size > 1000
-    assert (swept / "params" / "demo" / "exp_best_combination.yaml").read_text().startswith(GENERATED_MARK)
+    assert (swept / "params" / "tiny_random" / "exp_best_combination.yaml").read_text().startswith(GENERATED_MARK)
 
 
 def test_loss_curves_name_every_run_in_the_legend():

@@ -1,6 +1,6 @@
 import json
 
-from lab2 import sample_data
+from tools import sample_data
 from tests.conftest import SAMPLE_DATA
 
 

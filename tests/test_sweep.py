@@ -54,19 +54,19 @@ def test_sweep_end_to_end(swept, tmp_path, capsys, monkeypatch):
     """A copy of the swept checkout (baseline and lr_high complete), then a sweep history: changed, killed,
     resumed, skipped, fixed, re-evaluated."""
     checkout = copy_of_swept(swept, tmp_path / "checkout")
-    monkeypatch.chdir(checkout)  # a user's relative paths: params/demo, outputs/
+    monkeypatch.chdir(checkout)  # a user's relative paths: params/tiny_random, outputs/
     monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)  # must never reach outputs/
     swept_lr_high = runs.read_metrics(swept / "outputs" / "lr_high")
     (checkout / "junk.jsonl").write_text('{"conversations": [{"from": "alien", "value": "x"}]}\n')
-    write = lambda name, text: (checkout / "params" / "demo" / name).write_text(text)  # noqa: E731
+    write = lambda name, text: (checkout / "params" / "tiny_random" / name).write_text(text)  # noqa: E731
     write("lr_high.yaml", "train:\n  learning_rate: 4.0e-3\n")  # changed: lr_high runs again
     write("typo.yaml", "train:\n  max_step: 3\n")
     write("z_junk.yaml", "data:\n  source: junk.jsonl\n  subset: null\n  val_size: 1\n  test_size: 1\n")
-    sweep, out = "params/demo", Path("outputs")
+    sweep, out = "params/tiny_random", Path("outputs")
 
     # 1. Killed (-9) once lr_high's training is recorded: a re-run skips baseline, and for lr_high runs
     # only the stage that is missing (evaluation), keeping its training.
-    at_kill = _kill_sweep_after_a_stage(sweep, out, "params/demo/lr_high.yaml", "train")
+    at_kill = _kill_sweep_after_a_stage(sweep, out, "params/tiny_random/lr_high.yaml", "train")
     assert at_kill["status"] == "complete" and "eval" not in at_kill
     assert cli.main(["sweep", sweep, "--out", str(out)]) == 1  # typo and z_junk fail, the others complete
     printed = capsys.readouterr().out

@@ -3,7 +3,7 @@
 Debian's Chromium (/usr/bin/chromium), driven by playwright (installed with the test extras); a
 tool must never download a browser of its own. The browser tests call the same function.
 
-    python -m lab2.screenshot --out outputs/demo --to docs/img/landing.png
+    python -m tools.screenshot --out outputs/smol --to docs/img/landing.png
 """
 
 from __future__ import annotations
@@ -44,8 +44,8 @@ def png_size(png: str | Path) -> tuple[int, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lab2.screenshot", description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="outputs/demo", help="the report's OUT (default outputs/demo)")
+    parser = argparse.ArgumentParser(prog="python -m tools.screenshot", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="outputs/smol", help="the report's OUT (default outputs/smol)")
     parser.add_argument("--to", default="docs/img/landing.png")
     args = parser.parse_args(argv)
     try:

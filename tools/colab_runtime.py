@@ -6,7 +6,7 @@ release (PEP 658 `.metadata` files), read once by `refresh`. The result, `colab_
 beside this module, is what `make colab-rehearsal` checks lab2's install against, with no network
 and no `../shared`. Stdlib only: it runs before anything is installed.
 
-    python -m lab2.colab_runtime refresh path/to/pip-freeze.gpu.txt --source "backend-info@<commit> (<date>)"
+    python -m tools.colab_runtime refresh path/to/pip-freeze.gpu.txt --source "backend-info@<commit> (<date>)"
 """
 
 from __future__ import annotations
@@ -153,7 +153,7 @@ def refresh(freeze: Path, source: str, out: Path = PACKAGES_FILE) -> dict:
         "source": source,
         "refreshed": date.today().isoformat(),
         "note": "versions from Colab's pip freeze; requires_dist from PyPI's metadata of each release "
-                "(null: not on PyPI); see lab2/colab_runtime.py",
+                "(null: not on PyPI); see tools/colab_runtime.py",
         "packages": packages,
     }
     out.write_text(json.dumps(data, indent=1, sort_keys=False) + "\n")
@@ -184,9 +184,9 @@ def remove_metadata(site_packages: Path, name: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lab2.colab_runtime", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.colab_runtime", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("refresh", help="rebuild lab2/colab_packages.json from Colab's pip-freeze.gpu.txt")
+    p = sub.add_parser("refresh", help="rebuild tools/colab_packages.json from Colab's pip-freeze.gpu.txt")
     p.add_argument("freeze", type=Path)
     p.add_argument("--source", required=True, help="where the freeze came from: repository, commit and date")
     args = parser.parse_args(argv)

@@ -3,7 +3,7 @@
 Three checks, each of which fails if the install or the notebook would break Colab:
 
 1. resolution (Python 3.13, seconds to minutes): a venv whose site-packages holds a metadata-only
-   `*.dist-info` for every package of Colab's image (lab2/colab_packages.json: name, version,
+   `*.dist-info` for every package of Colab's image (tools/colab_packages.json: name, version,
    requirements). Each stage the notebook installs on Colab (training, unsloth, export) is resolved
    with `pip install --dry-run --report` in keep-installed mode, and applied to that metadata in turn.
    It must change no Colab package outside install.CONTROLLED, leave `pip check` with no broken
@@ -36,7 +36,8 @@ import sys
 import time
 from pathlib import Path
 
-from lab2 import colab_runtime, install, runs
+from lab2 import install, runs
+from tools import colab_runtime
 from lab2.install import REPO_ROOT, normalize
 
 KERNEL = "lab2-colab-rehearsal"
@@ -276,7 +277,7 @@ def comparable(metrics: dict) -> dict:
     return {key: metrics.get(key) for key in ("status", "config_hash", "train", "eval", "export")}
 
 
-def rehearse(workdir: str | Path, params_path: str = "params/demo/steps_15.yaml", keep_installed: bool = True,
+def rehearse(workdir: str | Path, params_path: str = "params/tiny_random/steps_15.yaml", keep_installed: bool = True,
              repo: Path = REPO_ROOT, only: tuple[str, ...] = ("resolution", "setup", "kernel", "run_twice")) -> dict:
     """Run the checks; returns {timings, checks: {name: bool}, details}."""
     workdir = Path(workdir).resolve()
@@ -352,7 +353,7 @@ def rehearse(workdir: str | Path, params_path: str = "params/demo/steps_15.yaml"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lab2.colab_rehearsal", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.colab_rehearsal", description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", default="/tmp/lab2-colab-rehearsal")
     checks = ["resolution", "setup", "kernel", "run_twice"]
     parser.add_argument("--only", nargs="+", choices=checks, default=checks)

@@ -12,7 +12,7 @@ of the shipped 400 are noisy), as scraped data is: a wrong answer or a reply cut
 with a low quality `score` (1.0-2.5; clean rows 3.5-5.0), for a data-centric experiment to find. `answer` is always the
 right answer. A second file in Alpaca's format (`data/sample_alpaca.jsonl`: one-answer tasks,
 no scores, none equal to a row of the first) is another source to mix in.
-`python -m lab2 sample-data` rewrites both; a test checks the shipped files match.
+`python -m tools.sample_data [path]` rewrites both; a test checks the shipped files match.
 """
 
 from __future__ import annotations
@@ -222,3 +222,9 @@ def write(path: str | Path = DEFAULT_PATH, n: int = 400, seed: int = 2223, alpac
     alpaca = Path(alpaca_path) if alpaca_path else path.with_name(ALPACA_PATH.name)
     alpaca.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in generate_alpaca(avoid=rows)))
     return path
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(f"sample conversations written to {write(*sys.argv[1:2])}")
