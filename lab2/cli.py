@@ -97,7 +97,7 @@ def cmd_report(args) -> int:
     from lab2.config import sweep_output_folder
 
     out = Path(args.out or sweep_output_folder(args.sweep))
-    if not any(out.glob(f"*/{runs.METRICS_FILE}")):
+    if not runs.experiment_dirs(out):
         raise ConfigError(f"OUT={out}: no experiments to report on; run `make sweep` first")
     run_notebook(
         REPO_ROOT / "notebooks" / "report.ipynb", out / "report.ipynb",

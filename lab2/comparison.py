@@ -41,10 +41,10 @@ MEASURES = {"val_loss": "validation loss per token (nats)", "val_bpb": "validati
 
 
 def load_runs(output_root: str | Path) -> tuple[list[dict], list[dict]]:
-    """(complete runs, other runs) from OUT/*/metrics.json."""
+    """(complete runs, other runs) of OUT, each as `runs.read_metrics` joins its records."""
     complete, others = [], []
-    for path in sorted(Path(output_root).glob(f"*/{runs.METRICS_FILE}")):
-        metrics = runs.read_metrics(path.parent)
+    for exp_dir in runs.experiment_dirs(output_root):
+        metrics = runs.read_metrics(exp_dir)
         (complete if metrics.get("status") == "complete" else others).append(metrics)
     return complete, others
 

@@ -39,9 +39,16 @@ def summed_nll(logits: torch.Tensor, targets: torch.Tensor) -> tuple[float, int]
     return nll.item(), int((targets != IGNORE_INDEX).sum())
 
 
-def _backbone_and_head(model):
+def reply_positions(model, labels: torch.Tensor, **forward) -> tuple:
+    """(LM head, hidden states, targets, row of each): the backbone's output at every position whose
+    next token is a reply token, and nowhere else. The one choice of what lab2's NLL scores, for the
+    training loss (lab2.train.reply_token_loss) and every evaluation (`response_loss`) alike; the LM
+    head is left to the caller, so a 128k vocabulary never meets the prompt's positions."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return base.get_decoder(), base.get_output_embeddings()
+    hidden = base.get_decoder()(**forward, use_cache=False).last_hidden_state
+    targets = labels[:, 1:]
+    keep = targets != IGNORE_INDEX
+    return base.get_output_embeddings(), hidden[:, :-1][keep], targets[keep], keep.nonzero()[:, 0]
 
 
 @torch.no_grad()
@@ -53,7 +60,6 @@ def response_loss(model, dataset, pad_token_id: int, batch_size: int = 8) -> dic
     a 128k vocabulary never materialises as a (batch x length x vocab) tensor.
     """
     model.eval()
-    backbone, head = _backbone_and_head(model)
     device = next(model.parameters()).device
     nll_rows, token_rows = [], []
     for start in range(0, len(dataset), batch_size):
@@ -61,16 +67,13 @@ def response_loss(model, dataset, pad_token_id: int, batch_size: int = 8) -> dic
         input_ids = _pad(rows["input_ids"], pad_token_id).to(device)
         labels = _pad(rows["labels"], IGNORE_INDEX).to(device)
         attention_mask = _pad([[1] * len(r) for r in rows["input_ids"]], 0).to(device)
-        hidden = backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        targets = labels[:, 1:]
-        keep = targets != IGNORE_INDEX
-        selected, wanted, owner = hidden[:, :-1][keep], targets[keep], keep.nonzero()[:, 0]
+        head, selected, wanted, owner = reply_positions(model, labels, input_ids=input_ids, attention_mask=attention_mask)
         per_row = torch.zeros(len(input_ids), dtype=torch.float64, device=device)
         for i in range(0, len(wanted), HEAD_CHUNK):
             nll = F.cross_entropy(head(selected[i : i + HEAD_CHUNK]).float(), wanted[i : i + HEAD_CHUNK], reduction="none")
             per_row.index_add_(0, owner[i : i + HEAD_CHUNK], nll.double())
         nll_rows += per_row.tolist()
-        token_rows += keep.sum(dim=1).tolist()
+        token_rows += torch.bincount(owner, minlength=len(input_ids)).tolist()  # reply tokens of each row
     byte_rows = list(dataset["reply_bytes"]) if "reply_bytes" in dataset.column_names else None
     total_nll, total_tokens = sum(nll_rows), sum(token_rows)
     return {
@@ -232,14 +235,12 @@ def check_split_matches_training(exp_dir, splits, config_hash: str | None = None
 
 def base_evaluation_in(output_root, key: str) -> dict | None:
     """A base-model evaluation with this key that another experiment in OUT already made."""
-    from pathlib import Path
-
     from lab2 import runs
 
-    for metrics_file in sorted(Path(output_root).glob(f"*/{runs.METRICS_FILE}")):
-        base = ((runs.read_metrics(metrics_file.parent) or {}).get("eval") or {}).get("base") or {}
+    for exp_dir in runs.experiment_dirs(output_root):
+        base = ((runs.read_metrics(exp_dir) or {}).get("eval") or {}).get("base") or {}
         if base.get("base_key") == key and not base.get("reused_from"):
-            return {**base, "reused_from": metrics_file.parent.name, "eval_seconds": 0.0}
+            return {**base, "reused_from": exp_dir.name, "eval_seconds": 0.0}
     return None
 
 
@@ -275,7 +276,7 @@ def evaluate_experiment(model, tokenizer, splits, cfg, output_root=None) -> dict
 
 def evaluate_run(model, tokenizer, splits, cfg, output_root) -> dict:
     """The evaluation stage of every entry point (evaluate.ipynb, lab2.ipynb): checks that `model` is
-    this config's finished run on this split, evaluates it and records `eval` in metrics.json.
+    this config's finished run on this split, evaluates it and writes its `eval` record.
 
     An evaluation already recorded for the same eval settings and split is kept as it is, so running
     a notebook again never replaces results with another measurement."""
@@ -290,7 +291,7 @@ def evaluate_run(model, tokenizer, splits, cfg, output_root) -> dict:
         print(f"{cfg.experiment}: already evaluated with these settings ({cfg.eval_hash}); keeping that evaluation")
         return recorded
     results = evaluate_experiment(model, tokenizer, splits, cfg, output_root)
-    runs.update_metrics(exp_dir, eval=results)
+    runs.write_record(exp_dir, "eval", {**results, "config_hash": cfg.config_hash})
     return results
 
 

@@ -38,8 +38,7 @@ def choose_experiment(output_root: str | Path, experiment: str | None = None) ->
 
     root = Path(output_root)
     if experiment:
-        names = sorted(p.parent.name for p in root.glob(f"*/{runs.METRICS_FILE}")
-                       if (runs.read_metrics(p.parent) or {}).get("status") == "complete")
+        names = sorted(p.name for p in runs.experiment_dirs(root) if (runs.read_metrics(p) or {}).get("status") == "complete")
         if experiment not in names:
             raise ConfigError(f"EXP={experiment}: no complete experiment of that name in {root}/ (complete: {', '.join(names) or 'none'})")
         return experiment
@@ -354,12 +353,12 @@ def export_experiment(exp_dir: Path, formats: list[str], num_perplexity_samples:
     gguf_dir = exp_dir / "gguf"
     done = (metrics.get("export") or {}).get("formats") or {}
     if set(formats) <= set(done) and all((gguf_dir / done[fmt]["file"]).is_file() for fmt in formats):
-        # A new training run rewrites metrics.json without `export`, so this is the current adapter's export.
+        # An export record joins the run only for its config hash: this is the current adapter's export.
         print(f"{cfg.experiment}: already exported ({', '.join(formats)}); keeping those files and checks")
         fidelity_failures(metrics["export"])  # the verdicts of today's bands
         if metrics["export"].get("merge"):
             metrics["export"]["chain"] = export_chain(metrics["export"])
-        runs.update_metrics(exp_dir, export=metrics["export"])
+        runs.write_record(exp_dir, "export", {**metrics["export"], "config_hash": cfg.config_hash})
         raise_on_fidelity_failures(metrics["export"])
         return metrics["export"]
     gguf_dir.mkdir(exist_ok=True)
@@ -427,7 +426,7 @@ def export_experiment(exp_dir: Path, formats: list[str], num_perplexity_samples:
     }
     export["failed_formats"] = [fmt for fmt, c in checks.items() if c["fidelity_ok"] is False]
     export["chain"] = export_chain(export)
-    runs.update_metrics(exp_dir, export=export)
+    runs.write_record(exp_dir, "export", {**export, "config_hash": cfg.config_hash})
     raise_on_fidelity_failures(export)
     return export
 

@@ -1,9 +1,10 @@
 """`make sweep`: papermill runs each stage notebook once per params file.
 
 Stages: notebooks/train.ipynb, then notebooks/evaluate.ipynb, each executed into
-`OUT/<experiment>/<stage>.ipynb`; both write into `OUT/<experiment>/metrics.json`.
-A stage already done for the same params is skipped (training by config hash,
-evaluation by eval hash); a failed stage's notebook is kept as
+`OUT/<experiment>/<stage>.ipynb`; each writes its own record (lab2/runs.py: `records/train.json`,
+`records/eval.json`), and the sweep its notebook times (`records/timing.json`). A stage is done
+when its record exists for this config (training by config hash, evaluation by eval hash), and is
+then skipped; a failed stage's notebook is kept as
 `<stage>.failed.ipynb` and the stage runs again next time. One failure never
 stops the others; the exit status says whether any failed.
 
@@ -101,7 +102,7 @@ def run_experiment(
                 ran[stage] = time.perf_counter() - stage_start
                 # Recorded as each stage ends: a sweep killed in the next stage keeps this one's time.
                 timing = (runs.read_metrics(exp_dir) or {}).get("timing") or {}
-                runs.update_metrics(exp_dir, timing={**timing, f"{stage}_notebook_seconds": ran[stage]})
+                runs.write_record(exp_dir, "timing", {**timing, f"{stage}_notebook_seconds": ran[stage], "config_hash": cfg.config_hash})
     except Exception as exc:  # noqa: BLE001 - one experiment must not sink the sweep
         return Outcome(name, "failed", time.perf_counter() - start, error=_one_line_error(exc))
     metrics = runs.read_metrics(exp_dir)
@@ -115,7 +116,8 @@ def run_experiment(
     if "train" in timed:
         timing["outside_training_seconds"] = timing["train_notebook_seconds"] - compute["train"]
     timing["fixed_seconds"] = sum(timing[f"{stage}_notebook_seconds"] - compute[stage] for stage in timed)
-    metrics = runs.update_metrics(exp_dir, timing=timing)
+    runs.write_record(exp_dir, "timing", {**timing, "config_hash": cfg.config_hash})
+    metrics = runs.read_metrics(exp_dir)
     return _outcome_from_metrics(name, "complete", metrics, sum(ran.values()))
 
 

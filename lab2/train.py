@@ -175,15 +175,12 @@ def reply_token_loss(model, inputs: dict, num_items_in_batch=None) -> torch.Tens
     gradients (tests/test_train.py checks both against the model's own)."""
     import torch.nn.functional as F
 
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    labels = inputs["labels"]
+    from lab2.evaluate import reply_positions
+
     forward = {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask", "position_ids")}
-    hidden = base.get_decoder()(**forward, use_cache=False).last_hidden_state
-    targets = labels[:, 1:]
-    keep = targets != IGNORE_INDEX
-    logits = base.get_output_embeddings()(hidden[:, :-1][keep])
-    nll = F.cross_entropy(logits.float(), targets[keep], reduction="sum")
-    count = num_items_in_batch if num_items_in_batch is not None else keep.sum()
+    head, hidden, targets, _ = reply_positions(model, inputs["labels"], **forward)
+    nll = F.cross_entropy(head(hidden).float(), targets, reduction="sum")
+    count = num_items_in_batch if num_items_in_batch is not None else len(targets)
     return nll / count
 
 
@@ -348,7 +345,7 @@ def train_experiment(cfg: ExperimentConfig, model, tokenizer, splits: Splits, ex
         "started_at": started,
         "resumed_from": str(resume_from) if resume_from else None,
     }
-    runs.write_json_atomic(exp_dir / runs.METRICS_FILE, record)
+    runs.write_record(exp_dir, "train", record)
 
     nan_guard = non_finite_loss_guard()
     trainer = measured_trainer_class()(
@@ -383,7 +380,7 @@ def train_experiment(cfg: ExperimentConfig, model, tokenizer, splits: Splits, ex
         save_seconds = time.perf_counter() - save_start
     except BaseException as exc:
         record.update(status="failed", error=f"{type(exc).__name__}: {exc}")
-        runs.write_json_atomic(exp_dir / runs.METRICS_FILE, record)
+        runs.write_record(exp_dir, "train", record)
         raise
 
     train_seconds = output.metrics["train_runtime"]
@@ -410,7 +407,7 @@ def train_experiment(cfg: ExperimentConfig, model, tokenizer, splits: Splits, ex
             "eval_history": eval_history,
         },
     )
-    runs.write_json_atomic(exp_dir / runs.METRICS_FILE, record)
+    runs.write_record(exp_dir, "train", record)
     return record
 
 

@@ -56,7 +56,7 @@ def test_a_format_outside_its_band_fails_make_export_in_one_line(exported, tmp_p
     shutil.copytree(exported, copy, ignore=shutil.ignore_patterns("merged", "checkpoints", "adapter"))
     metrics = runs.read_metrics(copy)
     metrics["export"]["formats"]["q8_0"]["perplexity_vs_hf_pct"] = -5.0
-    runs.write_json_atomic(copy / "metrics.json", metrics)
+    runs.write_record(copy, "export", {**metrics["export"], "config_hash": metrics["config_hash"]})
     assert fidelity_failures({"formats": {"f16": {"perplexity_vs_hf_pct": 1.5}}}) == [
         "f16 perplexity +1.50 % vs the merged HF model, outside ±1 %"]
     result = subprocess.run([sys.executable, "-m", "lab2", "export", "--exp", name, "--out", str(out),
@@ -94,7 +94,7 @@ def test_choose_experiment_takes_the_reports_best(tmp_path):
     fake_run(tmp_path, "other_data", 0.50, fingerprint="different")  # another split: never ranked
     fake_run(tmp_path, "broken", 0.10, status="failed")
     assert choose_experiment(tmp_path) == "rank_32-seed7"
-    (tmp_path / "rank_32-seed7" / "metrics.json").unlink()
+    shutil.rmtree(tmp_path / "rank_32-seed7")
     assert choose_experiment(tmp_path) == "rank_32"
     assert choose_experiment(tmp_path, "baseline-seed2") == "baseline-seed2"
     with pytest.raises(ConfigError, match=r"EXP=nope: no complete experiment of that name .*\(complete: baseline-seed1, "):
