@@ -83,6 +83,20 @@ def test_bits_per_byte_against_an_independent_computation(lora_model, tokenizer)
     assert len("Certainly. The capital of Peru is Lima.") < truncated["reply_bytes"] < 72
 
 
+def test_per_conversation_figures_come_back_in_the_datasets_order(lora_model, tokenizer):
+    """Batches are formed by length (the long conversation first here, so the order changes); each row's
+    NLL and token count are still that conversation's, alone, in the dataset's order."""
+    from datasets import Dataset
+
+    examples = [tokenize_conversation(c, tokenizer, 512) for c in (TWO_CONVERSATIONS[1], TWO_CONVERSATIONS[0], TWO_CONVERSATIONS[1][:3])]
+    assert len(examples[0]["input_ids"]) > len(examples[1]["input_ids"])  # not already sorted
+    dataset = Dataset.from_list([{k: e[k] for k in ("input_ids", "labels")} for e in examples])
+    alone = [response_loss(lora_model, dataset.select([i]), tokenizer.pad_token_id, batch_size=1)["per_conversation"] for i in range(3)]
+    result = response_loss(lora_model, dataset, tokenizer.pad_token_id, batch_size=2)["per_conversation"]
+    assert result["nll"] == pytest.approx([a["nll"][0] for a in alone], rel=1e-5)
+    assert result["tokens"] == [a["tokens"][0] for a in alone] == [sum(t != -100 for t in e["labels"][1:]) for e in examples]
+
+
 def test_bleu_and_rouge_against_known_values():
     same = reference_scores(["the cat sat on the mat", "a b c d e"], ["the cat sat on the mat", "a b c d e"])
     assert same["bleu"] == pytest.approx(100.0) and same["rouge_l"] == pytest.approx(1.0)
