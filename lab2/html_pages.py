@@ -68,7 +68,8 @@ def landing_page(output_root: str | Path, report) -> Path:
         lines = []
         for name in sorted(runs_of.get(group, [])):
             pages = [_link(root, Path("html") / name / f"{stage}.html", stage) for stage in ("train", "evaluate", "export")]
-            lines.append(f"{escape(name)}: " + " · ".join(p for p in pages if p))
+            run = name.removeprefix(f"{group}-")  # a seed repeat by its seed; a single run needs no name
+            lines.append(("" if name == group else f"{escape(run)}: ") + " · ".join(p for p in pages if p))
         links.append("<br>".join(lines))
     paired = Path("report_figures") / "paired_differences.png"
     figure = f'<img src="{paired.as_posix()}" alt="paired differences" style="max-width: 560px; width: 48%">' if (root / paired).is_file() else ""
@@ -77,7 +78,8 @@ def landing_page(output_root: str | Path, report) -> Path:
         f"# lab2 experiments\n\nRanked on held-out {MEASURES[report.measure]}, the same conversations for every run (mean "
         "over seeds where repeated); training loss is never compared. Full report: "
         "[EXPERIMENT_REPORT.md](EXPERIMENT_REPORT.md) · [report.html](report.html).",
-        html_table(glance_table(report), {"runs: executed pages": links}),
+        "<style>.glance { font-size: 0.9em; } .glance td { white-space: nowrap; } .glance td:first-child, .glance td:last-child { white-space: normal; }</style>"
+        + html_table(glance_table(report), {"executed pages": links}).replace("<table>", '<table class="glance">', 1),
         f'<div style="display: flex; gap: 24px; align-items: flex-start">{figure}<ul style="flex: 1">{glance}</ul></div>',
         "## All findings\n\n" + "\n".join(f"- {line}" for line in report.findings),
         "## Experiments, every column\n\n" + html_table(formatted(report.table(), columns_for(report.measure))),

@@ -55,15 +55,26 @@ def test_landing_page_in_a_real_browser(swept, tmp_path):
     from tools.screenshot import CHROMIUM, CHROMIUM_ARGS, landing_page_png, png_size
 
     out = swept / "outputs"
-    groups = list(Report(out).ranked["group"])
-    assert sorted(groups) == ["baseline", "lr_high"]
+    report = Report(out)
+    groups = list(report.ranked["group"])
+    assert sorted(groups) == ["baseline", "lr_high"] and report.base_model
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        page = browser.new_page(viewport={"width": 1280, "height": 800})  # a laptop's screen
         page.goto((out / "index.html").as_uri())
-        rows = page.locator("table").first.locator("tbody tr")  # the experiments; the sample answers follow
-        assert [rows.nth(i).locator("td").first.inner_text() for i in range(rows.count())] == groups
-        assert page.locator("img[src^='report_figures/']").count() == 4  # loss curves, by factor, cost against benefit, paired differences
+        table = page.locator("table").first  # the experiments, ranked, the base model last; the sample answers follow
+        rows = table.locator("tbody tr")
+        assert [rows.nth(i).locator("td").first.inner_text() for i in range(rows.count())] == [*groups, "base model (no adapter)"]
+        assert page.locator("img[src^='report_figures/']").count() == 4  # paired differences, loss curves, by factor, cost against benefit
+        # At a glance, without scrolling: the ranked table, the paired-difference figure, then at most five findings.
+        figure = page.locator("img[src='report_figures/paired_differences.png']")
+        glance = page.locator("ul").first.locator("li")
+        for element in (table, figure):  # whole, in the first screen
+            box = element.bounding_box()
+            assert box is not None and box["y"] + box["height"] <= 800, box
+        assert glance.first.bounding_box()["y"] + glance.first.bounding_box()["height"] <= 800  # the first finding too
+        assert table.bounding_box()["y"] + table.bounding_box()["height"] <= figure.bounding_box()["y"]  # the figure below it
+        assert [glance.nth(i).inner_text() for i in range(glance.count())] == report.glance and 3 <= glance.count() <= 5
         page.screenshot(path=str(tmp_path / "index.png"), full_page=True)
         page.locator("a", has_text="train").first.click()
         page.wait_for_load_state()
