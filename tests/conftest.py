@@ -143,7 +143,7 @@ def swept(tmp_path_factory) -> Path:
     return checkout
 
 
-EXPORT_FILES = {"export.ipynb", "gguf", "merged"}  # what `make export` adds to an experiment's folder
+EXPORT_FILES = {"export.ipynb", "gguf", "merged", "export.json"}  # what `make export` adds to an experiment's folder (export.json: its record)
 
 
 def copy_of_swept(swept: Path, to: Path) -> Path:

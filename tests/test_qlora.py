@@ -134,10 +134,11 @@ def test_the_report_shows_the_weights_and_the_export_chain(qlora_run):
     out = qlora_run.parent
     assert cli.main(["report", "--out", str(out), "--sweep", str(out.parent / "params" / "q")]) == 0
     text = (out / "EXPERIMENT_REPORT.md").read_text()
-    header = next(line for line in text.splitlines() if line.startswith("| group |"))
-    row = next(line for line in text.splitlines() if line.startswith("| qlora |"))
+    full = text.split("## Experiments (best first), every column", 1)[1].splitlines()  # the table of every registry column
+    header = next(line for line in full if line.startswith("| group |"))
+    row = next(line for line in full if line.startswith("| qlora |"))
     cells = dict(zip([c.strip() for c in header.strip("|").split("|")], [c.strip() for c in row.strip("|").split("|")]))
-    assert cells["weights"] == "nf4" and float(cells["s_per_step"]) > 0 and float(cells["weights_mb"]) > 0
+    assert cells["weights"] == "nf4" and float(cells["s/step"]) > 0 and float(cells["weights MB"]) > 0
     chain = text.split("## Export: from the model evaluated to each GGUF", 1)[1]
     assert "| evaluated | base in nf4 + adapter |" in chain and "| merged | merged (dequantized), saved in fp16 |" in chain
     assert "| f16 | qlora.f16.gguf |" in chain and "| q8_0 | qlora.q8_0.gguf |" in chain
