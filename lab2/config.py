@@ -456,6 +456,15 @@ def load_config(path: str | Path, overrides: dict | None = None) -> ExperimentCo
     return cfg
 
 
+def stage_config(params_path: str | Path, overrides: dict | None = None, resolved: dict | None = None) -> ExperimentConfig:
+    """A stage notebook's config: the one the sweep resolved and validated, passed in whole (`resolved`,
+    so the params file is not read again and cannot have changed since the sweep planned the run), else
+    the params file with its bases and overrides (a notebook run by hand)."""
+    if resolved:
+        return ExperimentConfig.model_validate(resolved)
+    return load_config(params_path, overrides)
+
+
 def sweep_output_folder(sweep: str | Path) -> Path:
     """A sweep's own output folder, outputs/<its params folder's name> (outputs/smol for params/smol):
     sweeps never nest, and `make clean SWEEP=...` removes one sweep's results only."""

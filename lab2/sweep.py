@@ -62,8 +62,8 @@ def stage_missing_reason(stage: str, exp_dir: Path, cfg) -> str:
     if metrics.get("error"):
         return metrics["error"]
     recorded = metrics.get("config_hash") if stage == "train" else (metrics.get("eval") or {}).get("eval_hash")
-    if recorded:  # the notebook read the params file again, and it had changed since the sweep started
-        return f"{stage}.ipynb ran with other params than the sweep planned (was the params file edited meanwhile?)"
+    if recorded:
+        return f"{stage}.ipynb recorded another config than the sweep passed it ({recorded})"
     return f"{stage}.ipynb ended without its results"
 
 
@@ -82,7 +82,9 @@ def run_experiment(
         cfg = load_config(params_file, overrides)
         name = cfg.experiment
         exp_dir = out_root / name
-        parameters = {"params_path": portable_path(params_file), "output_root": portable_path(out_root), "overrides": overrides or {}}
+        # The validated config travels whole: the notebooks do not read the params file again.
+        parameters = {"params_path": portable_path(params_file), "output_root": portable_path(out_root), "overrides": overrides or {},
+                      "resolved": cfg.to_dict()}
         with experiment_kernel(shared_kernel) as km:
             for stage, notebook in STAGES:
                 if stage_done(stage, exp_dir, cfg):

@@ -98,6 +98,24 @@ def test_cli_validate_reports_one_line_per_bad_file_without_traceback(params_tre
     assert "Traceback" not in result.stderr
 
 
+def test_a_stage_takes_the_sweeps_resolved_config_without_reading_the_params_file(tmp_path):
+    """The sweep validates once and passes the config whole: the notebook's config is the same run (same
+    hashes) even when the params file has changed or gone since."""
+    from lab2.config import stage_config
+
+    path = tmp_path / "params" / "x" / "rank.yaml"
+    path.parent.mkdir(parents=True)
+    path.write_text("lora:\n  r: 32\n")
+    planned = load_config(path, {"train": {"max_steps": 7, "eval_steps": 7, "save_steps": 7}})
+    path.write_text("lora:\n  r: 4\n")  # edited after the sweep planned the run
+    passed = stage_config(path, {}, resolved=planned.to_dict())
+    assert (passed.config_hash, passed.eval_hash, passed.lora.r, passed.train.max_steps) == (planned.config_hash, planned.eval_hash, 32, 7)
+    path.unlink()
+    assert stage_config(path, {}, resolved=planned.to_dict()) == planned
+    with pytest.raises(ConfigError, match="rank.yaml: no such params file"):  # run by hand, without `resolved`: the file is read
+        stage_config(path, {})
+
+
 def test_shipped_params_are_valid(demo_model):
     from tests.conftest import REPO
 

@@ -39,6 +39,7 @@ def test_outputs_name_no_machine_path_nor_the_token(swept):
     injected = next(c for c in nbformat.read(out / "baseline" / "train.ipynb", as_version=4).cells
                     if "injected-parameters" in c.metadata.get("tags", []))
     assert 'params_path = "params/tiny_random/baseline.yaml"' in injected.source and 'output_root = "outputs"' in injected.source
+    assert 'resolved = {"experiment": "baseline"' in injected.source  # the config, validated once, passed whole
     # The HF token was in every kernel's environment (the sweep's, the report's and the export's).
     needles = [str(swept), str(Path.home()).rstrip(os.sep) + os.sep, str(REPO), FAKE_TOKEN]
     offenders = [f"{path.relative_to(out)} names {needle}" for path in out.rglob("*") if path.is_file()
