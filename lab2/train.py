@@ -319,50 +319,24 @@ def split_history(log_history: list[dict]) -> tuple[list[dict], list[dict]]:
 
 
 def train_experiment(cfg: ExperimentConfig, model, tokenizer, splits: Splits, exp_dir: str | Path) -> dict:
-    """Train (or resume, or skip if already complete) and return the metrics written."""
+    """Train (or resume, or skip if already complete) and return the run's train record. A recipe in
+    three steps: setup (checkpoints, the running record, the trainer), train, save (adapter, record)."""
     exp_dir = Path(exp_dir)
     if runs.is_complete(exp_dir, cfg.config_hash):
         print(f"{cfg.experiment}: already complete with this config ({cfg.config_hash}); not training again")
         return runs.read_metrics(exp_dir)
 
-    own_folder = not cfg.train.checkpoint_dir
-    checkpoint_dir = exp_dir / CHECKPOINTS if own_folder else Path(cfg.train.checkpoint_dir) / cfg.experiment
+    # Setup. The checkpoint to resume from is found before the record says "running".
     identity = run_identity(cfg, splits)
-    resume_from = resume_point(cfg, checkpoint_dir, own_folder, identity)  # before metrics.json says "running"
-    if resume_from is not None:
-        warnings.warn(f"{cfg.experiment}: resuming from {resume_from}", stacklevel=2)
-
-    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    record = {
-        "experiment": cfg.experiment,
-        "status": "running",
-        "config": cfg.to_dict(),
-        "config_hash": cfg.config_hash,
-        "env": runs.environment_info(),
-        # What the weights really are (nf4, or a dtype): asked-for 4-bit that this machine cannot do shows here.
-        "precision": modeling.precision_of(model),
-        "data": {**splits.stats, "epochs": epochs_of(cfg, len(splits.train))},
-        "started_at": started,
-        "resumed_from": str(resume_from) if resume_from else None,
-    }
+    checkpoint_dir, resume_from = checkpoint_plan(cfg, exp_dir, identity)
+    record = running_record(cfg, model, splits, resume_from)
     runs.write_record(exp_dir, "train", record)
-
-    nan_guard = non_finite_loss_guard()
-    trainer = measured_trainer_class()(
-        model=model,
-        args=sft_config(cfg, checkpoint_dir, backend.resolve_dtype(cfg.model.dtype)),  # fp16 on a T4
-        train_dataset=splits.train,
-        eval_dataset=splits.validation,
-        processing_class=tokenizer,
-        callbacks=[nan_guard, checkpoint_announcer(cfg.experiment)],
-    )
-    trainer.run_identity = identity
-    if backend.resolve_backend(cfg.model) == "hf":  # Unsloth's trainer keeps its own adapter dtype
-        keep_adapter_in_fp32(model)
+    trainer, nan_guard = build_trainer(cfg, model, tokenizer, splits, checkpoint_dir, identity)
     # Training's own peak from here: on a CPU, loading (fp32 weights read, then quantised to nf4) peaks on its own.
     load_peak_mb = runs.peak_memory_mb()
     runs.reset_peak_memory()
-    try:
+
+    try:  # train, then save the adapter; a failure is recorded, then raised
         output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         if nan_guard.bad_step is not None:
             raise NonFiniteLossError(
@@ -383,32 +357,78 @@ def train_experiment(cfg: ExperimentConfig, model, tokenizer, splits: Splits, ex
         runs.write_record(exp_dir, "train", record)
         raise
 
-    train_seconds = output.metrics["train_runtime"]
-    step_seconds = max(train_seconds - trainer.eval_seconds, 1e-9)
-    record.update(
-        status="complete",
-        finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        train={
-            "final_loss": history[-1]["loss"] if history else None,
-            "final_eval_loss": eval_history[-1]["eval_loss"],
-            "total_steps": trainer.state.global_step,
-            "training_time_seconds": train_seconds,
-            "periodic_eval_seconds": trainer.eval_seconds,
-            "adapter_save_seconds": save_seconds,
-            "tokens": trainer.tokens_seen,
-            "padding_fraction": 1 - trainer.tokens_seen / max(trainer.positions, 1),
-            "trained_tokens": trainer.trained_tokens,
-            "tokens_per_second": trainer.tokens_seen / step_seconds,
-            "trained_tokens_per_second": trainer.trained_tokens / step_seconds,
-            "peak_memory_mb": runs.peak_memory_mb(),  # while training (weights, activations, optimizer state)
-            "load_peak_memory_mb": load_peak_mb,  # while loading the model and data, before training
-            "weights_memory_mb": model.get_memory_footprint() / 2**20,  # the model as held: nf4 layers at about 4 bits
-            "history": history,
-            "eval_history": eval_history,
-        },
-    )
+    record.update(status="complete", finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                  train=train_summary(trainer, output, model, history, eval_history, save_seconds, load_peak_mb))
     runs.write_record(exp_dir, "train", record)
     return record
+
+
+def checkpoint_plan(cfg: ExperimentConfig, exp_dir: Path, identity: dict) -> tuple[Path, Path | None]:
+    """Where this run checkpoints (its own folder, or train.checkpoint_dir), and what it resumes from."""
+    own_folder = not cfg.train.checkpoint_dir
+    checkpoint_dir = exp_dir / CHECKPOINTS if own_folder else Path(cfg.train.checkpoint_dir) / cfg.experiment
+    resume_from = resume_point(cfg, checkpoint_dir, own_folder, identity)
+    if resume_from is not None:
+        warnings.warn(f"{cfg.experiment}: resuming from {resume_from}", stacklevel=3)
+    return checkpoint_dir, resume_from
+
+
+def running_record(cfg: ExperimentConfig, model, splits: Splits, resume_from: Path | None) -> dict:
+    """The train record as training starts: what runs, on what, from where."""
+    return {
+        "experiment": cfg.experiment,
+        "status": "running",
+        "config": cfg.to_dict(),
+        "config_hash": cfg.config_hash,
+        "env": runs.environment_info(),
+        # What the weights really are (nf4, or a dtype): asked-for 4-bit that this machine cannot do shows here.
+        "precision": modeling.precision_of(model),
+        "data": {**splits.stats, "epochs": epochs_of(cfg, len(splits.train))},
+        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "resumed_from": str(resume_from) if resume_from else None,
+    }
+
+
+def build_trainer(cfg: ExperimentConfig, model, tokenizer, splits: Splits, checkpoint_dir: Path, identity: dict):
+    """lab2's SFT trainer for this run, and its non-finite-loss guard."""
+    nan_guard = non_finite_loss_guard()
+    trainer = measured_trainer_class()(
+        model=model,
+        args=sft_config(cfg, checkpoint_dir, backend.resolve_dtype(cfg.model.dtype)),  # fp16 on a T4
+        train_dataset=splits.train,
+        eval_dataset=splits.validation,
+        processing_class=tokenizer,
+        callbacks=[nan_guard, checkpoint_announcer(cfg.experiment)],
+    )
+    trainer.run_identity = identity
+    if backend.resolve_backend(cfg.model) == "hf":  # Unsloth's trainer keeps its own adapter dtype
+        keep_adapter_in_fp32(model)
+    return trainer, nan_guard
+
+
+def train_summary(trainer, output, model, history: list[dict], eval_history: list[dict], save_seconds: float,
+                  load_peak_mb: float) -> dict:
+    """The record's `train` section: losses, steps, time, throughput and memory of the run just trained."""
+    train_seconds = output.metrics["train_runtime"]
+    step_seconds = max(train_seconds - trainer.eval_seconds, 1e-9)
+    return {
+        "final_loss": history[-1]["loss"] if history else None,
+        "final_eval_loss": eval_history[-1]["eval_loss"],
+        "total_steps": trainer.state.global_step,
+        "training_time_seconds": train_seconds,
+        "periodic_eval_seconds": trainer.eval_seconds,
+        "adapter_save_seconds": save_seconds,
+        "tokens": trainer.tokens_seen,
+        "padding_fraction": 1 - trainer.tokens_seen / max(trainer.positions, 1),
+        "trained_tokens": trainer.trained_tokens,
+        "tokens_per_second": trainer.tokens_seen / step_seconds,
+        "trained_tokens_per_second": trainer.trained_tokens / step_seconds,
+        "peak_memory_mb": runs.peak_memory_mb(),  # while training (weights, activations, optimizer state)
+        "load_peak_memory_mb": load_peak_mb,  # while loading the model and data, before training
+        "weights_memory_mb": model.get_memory_footprint() / 2**20,  # the model as held: nf4 layers at about 4 bits
+        "history": history,
+        "eval_history": eval_history,
+    }
 
 
 def trained_model(cfg: ExperimentConfig, tokenizer, splits: Splits, exp_dir: str | Path, train_if_needed: bool = True):
