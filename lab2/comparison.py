@@ -3,12 +3,13 @@
 The statistics behind the report and behind "the best experiment" that `make export` and
 `make app` take. Runs are compared on held-out validation loss (never on training loss of runs of
 different lengths). Seed repeats of one configuration form a group (mean +- std); the pooled seed
-std is the noise, and a difference under twice the noise is "within noise". Runs whose evaluation
-split differs from the baseline's (split fingerprint) are never ranked with it. Where the runs'
-tokenizers differ, a nat per token means different things, so they are ranked on bits per byte of
-reply text instead. Beside the seed-noise verdict, each run is compared with the baseline on the
-same conversations: the difference of the aggregate loss with a bootstrap 95 % interval over
-conversations (`paired_comparison`). Reads results only.
+std is the noise. Each run is also compared with the baseline on the same conversations: the
+difference of the aggregate loss with a bootstrap 95 % interval over conversations
+(`paired_comparison`). The two make one verdict per row, by the rule in `VERDICT_RULE` (`verdict`).
+Exact match gets the same paired interval over its scored items, against the baseline and against
+the base model (`exact_match_comparison`). Runs whose evaluation split differs from the baseline's
+(split fingerprint) are never ranked with it. Where the runs' tokenizers differ, a nat per token
+means different things, so they are ranked on bits per byte of reply text instead. Reads results only.
 """
 
 from __future__ import annotations
@@ -33,6 +34,14 @@ FACTORS = {
 }
 IGNORED_KEYS = {"experiment", "group", "seeds", "train.seed"}  # identity, not configuration
 NOISE_MULTIPLE = 2.0  # |difference| under 2 sigma of seed noise is "within noise"
+# The one rule behind every row's verdict, stated once on every page that shows verdicts.
+VERDICT_RULE = (
+    "One verdict per row against the baseline: better or worse only where the paired 95 % interval on the same held-out "
+    f"conversations excludes zero and the difference also clears {NOISE_MULTIPLE:g} sigma of seed noise; within noise where the "
+    "interval excludes zero but the difference is under that band; noise unknown where the interval excludes zero but no "
+    "configuration was repeated over seeds, so the seed alone may have made the difference; unclear where the interval "
+    "includes zero (or no per-conversation losses were recorded)."
+)
 BOOTSTRAP_SAMPLES = 2000
 MEASURES = {"val_loss": "validation loss per token (nats)", "val_bpb": "validation bits per byte of reply text"}
 
@@ -150,25 +159,14 @@ def pick_baseline(groups: pd.DataFrame, baseline: str | None) -> str:
     return groups.sort_values("seeds", ascending=False)["group"].iloc[0]  # the repeated one, else the first
 
 
-def compare(groups: pd.DataFrame, baseline: str, noise: float | None, measure: str = "val_loss") -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(comparable groups with change vs baseline and verdict on `measure`, groups on another split)."""
+def compare(groups: pd.DataFrame, baseline: str, measure: str = "val_loss") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(comparable groups with their change vs baseline, best first on `measure`; groups on another split)."""
     base = groups.set_index("group").loc[baseline]
     same_split = groups["fingerprint"] == base["fingerprint"]
     ranked = groups[same_split].copy()
     for metric in ("val_loss", "val_bpb", "test_loss", "perplexity", "time_s"):
         ranked[f"{metric}_vs_base_pct"] = 100 * (ranked[metric] - base[metric]) / base[metric]
-    delta = ranked[measure] - base[measure]
-
-    def verdict(row_delta: float, name: str) -> str:
-        if name == baseline:
-            return "baseline"
-        if noise is None:
-            return "better" if row_delta < 0 else "worse"  # no repeats: noise unknown
-        if abs(row_delta) < NOISE_MULTIPLE * noise:
-            return "within noise"
-        return "better" if row_delta < 0 else "worse"
-
-    ranked["verdict"] = [verdict(d, g) for d, g in zip(delta, ranked["group"])]
+    ranked["delta"] = ranked[measure] - base[measure]
     return ranked.sort_values(measure).reset_index(drop=True), groups[~same_split].reset_index(drop=True)
 
 
@@ -192,15 +190,17 @@ def per_conversation(complete: list[dict], group: str, measure: str) -> tuple[np
     return np.mean(nll, axis=0), units
 
 
-def paired_difference(run: tuple, base: tuple, samples: int = BOOTSTRAP_SAMPLES, seed: int = 0) -> dict:
-    """The aggregate measure of `run` minus `base` over the same conversations, and a bootstrap 95 %
-    interval: conversations resampled with replacement, both aggregates recomputed on each sample."""
+def paired_difference(run: tuple, base: tuple, samples: int = BOOTSTRAP_SAMPLES, seed: int = 0, lower_is_better: bool = True) -> dict:
+    """The aggregate measure of `run` minus `base` over the same items (conversations, scored answers), and
+    a bootstrap 95 % interval: items resampled with replacement, both aggregates recomputed on each sample.
+    Its verdict is "unclear" whenever the interval includes zero."""
     (nll_r, units_r), (nll_b, units_b) = run, base
     delta = nll_r.sum() / units_r.sum() - nll_b.sum() / units_b.sum()
     idx = np.random.default_rng(seed).integers(0, len(nll_r), size=(samples, len(nll_r)))
     boot = nll_r[idx].sum(1) / units_r[idx].sum(1) - nll_b[idx].sum(1) / units_b[idx].sum(1)
     low, high = np.percentile(boot, [2.5, 97.5])
-    verdict = "better" if high < 0 else "worse" if low > 0 else "unclear"
+    below, above = high < 0, low > 0
+    verdict = ("better" if below == lower_is_better else "worse") if below or above else "unclear"
     return {"paired_delta": float(delta), "paired_low": float(low), "paired_high": float(high), "paired_verdict": verdict}
 
 
@@ -219,14 +219,89 @@ def paired_comparison(complete: list[dict], ranked: pd.DataFrame, baseline: str,
     return pd.concat([out.reset_index(drop=True), pd.DataFrame(results)], axis=1)
 
 
-def base_model_row(complete: list[dict], fingerprint: str) -> dict | None:
+def verdict(delta: float, paired_low: float, paired_high: float, noise: float | None) -> tuple[str, str]:
+    """(the row's one verdict, why), by `VERDICT_RULE`; lower is better."""
+    if math.isnan(paired_low):
+        return "unclear", "no per-conversation losses recorded, so no paired interval"
+    if paired_low <= 0 <= paired_high:
+        return "unclear", "the paired interval includes zero"
+    if noise is None:
+        return "noise unknown", "the paired interval excludes zero, but no configuration was repeated over seeds"
+    if abs(delta) < NOISE_MULTIPLE * noise:
+        return "within noise", f"the paired interval excludes zero, but the difference is under {NOISE_MULTIPLE:g} sigma of seed noise ({NOISE_MULTIPLE * noise:.4f})"
+    return ("better" if delta < 0 else "worse"), f"the paired interval excludes zero and the difference clears {NOISE_MULTIPLE:g} sigma of seed noise"
+
+
+def with_verdicts(ranked: pd.DataFrame, baseline: str, noise: float | None) -> pd.DataFrame:
+    """`ranked` (with its paired comparison) and each row's one verdict and the reason for it."""
+    out = ranked.copy()
+    found = [("baseline", "") if row["group"] == baseline else verdict(row["delta"], row["paired_low"], row["paired_high"], noise)
+             for _, row in out.iterrows()]
+    out["verdict"], out["verdict_why"] = [v for v, _ in found], [w for _, w in found]
+    return out
+
+
+# --------------------------------------------------------------------------- exact match, paired on the same items
+
+
+def exact_match_items(evaluations: list[dict]) -> tuple[tuple, np.ndarray] | None:
+    """(the scored items' prompts, each item's share of right answers over the evaluations given: a group's
+    seeds); None where one has no per-item record or they scored different items."""
+    rows = []
+    for evaluation in evaluations:
+        scored = [(r["prompt"], float(r["correct"])) for r in (evaluation or {}).get("references") or [] if "correct" in r]
+        if not scored:
+            return None
+        rows.append(scored)
+    if not rows or len({tuple(p for p, _ in r) for r in rows}) != 1:
+        return None
+    return tuple(p for p, _ in rows[0]), np.mean([[c for _, c in r] for r in rows], axis=0)
+
+
+NO_INTERVAL = {"delta": math.nan, "low": math.nan, "high": math.nan, "verdict": "not recorded"}
+
+
+def _exact_match_pair(run, other, prefix: str) -> dict:
+    if run is None or other is None or run[0] != other[0]:
+        found = NO_INTERVAL
+    else:
+        ones = np.ones(len(run[1]))
+        paired = paired_difference((run[1], ones), (other[1], ones), lower_is_better=False)
+        found = {k.removeprefix("paired_"): v for k, v in paired.items()}
+    return {f"{prefix}_{k}": v for k, v in found.items()}
+
+
+def base_model_evaluation(complete: list[dict], fingerprint: str) -> dict | None:
     """The base model's evaluation (adapter off), from any run on the same split."""
     for metrics in complete:
         evaluation = metrics.get("eval") or {}
         if evaluation.get("base") and evaluation.get("split_fingerprint") == fingerprint:
-            base = evaluation["base"]
-            return {k: base.get(k) for k in BASE_METRICS}
+            return evaluation["base"]
     return None
+
+
+def exact_match_comparison(complete: list[dict], ranked: pd.DataFrame, baseline: str) -> pd.DataFrame:
+    """`ranked` with each group's exact match against the baseline and against the base model on the same
+    scored items: the difference in share of right answers with its bootstrap 95 % interval over items."""
+    def items(group: str):
+        return exact_match_items([m.get("eval") for m in complete if group_of(m) == group])
+
+    fingerprint = ranked.set_index("group").loc[baseline, "fingerprint"]
+    base_model = exact_match_items([base_model_evaluation(complete, fingerprint)])
+    baseline_items = items(baseline)
+    results = []
+    for group in ranked["group"]:
+        run = items(group)
+        vs_baseline = _exact_match_pair(run, baseline_items, "em_paired") if group != baseline else \
+            {f"em_paired_{k}": v for k, v in {**NO_INTERVAL, "verdict": "baseline"}.items()}
+        results.append({**vs_baseline, **_exact_match_pair(run, base_model, "em_vs_base")})
+    return pd.concat([ranked.reset_index(drop=True), pd.DataFrame(results)], axis=1)
+
+
+def base_model_row(complete: list[dict], fingerprint: str) -> dict | None:
+    """The base model's figures (adapter off), from any run on the same split."""
+    base = base_model_evaluation(complete, fingerprint)
+    return None if base is None else {k: base.get(k) for k in BASE_METRICS}
 
 
 # --------------------------------------------------------------------------- factors
@@ -296,8 +371,9 @@ def rank_groups(complete: list[dict], baseline: str | None = None) -> dict:
     baseline = pick_baseline(groups, baseline)
     measure = choose_measure(groups, baseline)
     noise = seed_noise(groups, measure)
-    ranked, others = compare(groups, baseline, noise, measure)
-    ranked = paired_comparison(complete, ranked, baseline, measure)
+    ranked, others = compare(groups, baseline, measure)
+    ranked = with_verdicts(paired_comparison(complete, ranked, baseline, measure), baseline, noise)
+    ranked = exact_match_comparison(complete, ranked, baseline)
     return {"groups": groups, "baseline": baseline, "measure": measure, "noise": noise, "ranked": ranked, "others": others}
 
 

@@ -56,7 +56,7 @@ def landing_page(output_root: str | Path, report) -> Path:
     import nbformat
     from nbconvert import HTMLExporter
 
-    from lab2.comparison import MEASURES, group_of
+    from lab2.comparison import MEASURES, VERDICT_RULE, group_of
     from lab2.report import base_model_line, chain_frame, columns_for, formatted, glance_table, html_table
 
     root = Path(output_root)
@@ -76,7 +76,7 @@ def landing_page(output_root: str | Path, report) -> Path:
     glance = "".join(f"<li>{escape(line)}</li>" for line in report.glance)
     cells = [
         f"# lab2 experiments\n\nRanked on held-out {MEASURES[report.measure]}, the same conversations for every run (mean "
-        "over seeds where repeated); training loss is never compared. Full report: "
+        f"over seeds where repeated); training loss is never compared. {VERDICT_RULE} Full report: "
         "[EXPERIMENT_REPORT.md](EXPERIMENT_REPORT.md) · [report.html](report.html).",
         "<style>.glance { font-size: 0.9em; } .glance td { white-space: nowrap; } .glance td:first-child, .glance td:last-child { white-space: normal; }</style>"
         + html_table(glance_table(report), {"executed pages": links}).replace("<table>", '<table class="glance">', 1),

@@ -74,7 +74,8 @@ def plot_paired_differences(ranked: pd.DataFrame, noise: float | None, unit: str
         ax.axvspan(-2 * noise, 2 * noise, color="grey", alpha=0.15, label="within 2 sigma of seed noise")
         ax.legend(fontsize=8, loc="best")
     ax.axvline(0, color="black", lw=1)
-    ax.set_yticks(y, rows["group"])
+    # each row's one verdict beside its name, so the picture never says more than the table
+    ax.set_yticks(y, [f"{g} ({v})" if "verdict" in rows else g for g, v in zip(rows["group"], rows.get("verdict", rows["group"]))])
     ax.set(xlabel=f"difference from the baseline ({unit}; left is better)", title="paired on the same conversations (95 % intervals)")
     ax.grid(alpha=0.3, axis="x")
     fig.tight_layout()

@@ -9,11 +9,12 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import pandas as pd
 import yaml
 
 from lab2.comparison import (
-    BEST_COMBINATION_NAME, MEASURES, NOISE_MULTIPLE, base_model_row, best_combination, best_run, configs_by_group, factor_effects,
+    BEST_COMBINATION_NAME, MEASURES, NOISE_MULTIPLE, VERDICT_RULE, base_model_evaluation, base_model_row, best_combination, best_run, configs_by_group, factor_effects,
     group_of, load_runs, paired_difference, per_conversation, rank_groups,
 )
 from lab2.plots import plot_cost_vs_benefit, plot_loss_curves, plot_paired_differences, plot_val_loss_by_factor
@@ -69,22 +70,46 @@ def findings(ranked: pd.DataFrame, effects: dict[str, pd.DataFrame], baseline: s
                     f"No clear diminishing returns for {name} up to {_fmt_value(rows['value'].iloc[-1])}: the last segment lowered the loss by "
                     f"{last:.3g} per unit, {100 * last / first:.0f} % of the first segment's {first:.3g}; try larger values."
                 )
-    if noise is not None and (ranked["paired_verdict"].isin(["better", "worse"])).any():
+    if (ranked["paired_verdict"].isin(["better", "worse"])).any():
         lines.append("Paired intervals resample the held-out conversations, not the training seeds: they say whether these trained "
-                     "models differ on these conversations. Whether the change itself does is settled only where the seed-noise "
-                     "verdict agrees.")
+                     "models differ on these conversations. Whether the change itself does is settled only where the difference "
+                     "also clears the seed noise, which is why a verdict needs both.")
     for _, row in ranked.iterrows():
         if row["group"] != baseline:
             paired = "" if row["paired_verdict"] == "not recorded" else (
                 f"; on the same conversations {row['paired_delta']:+.4f} [{row['paired_low']:+.4f}, {row['paired_high']:+.4f}] "
-                f"(95 % bootstrap interval): {row['paired_verdict']}")
-            lines.append(f"{row['group']}: {MEASURES[measure].split(' (')[0]} {row[f'{measure}_vs_base_pct']:+.2f} % vs baseline, "
-                         f"{row['verdict']}{paired}.")
+                "(95 % bootstrap interval)")
+            lines.append(f"{row['group']}: {MEASURES[measure].split(' (')[0]} {row[f'{measure}_vs_base_pct']:+.2f} % vs baseline{paired}: "
+                         f"{row['verdict']} ({row['verdict_why']}).")
     best = ranked.iloc[0]
     lines.append(f"Best configuration: {best['group']} (validation loss {best['val_loss']:.4f}, test loss {format_number(best['test_loss'])}).")
     if base_model and base_model.get("val_loss"):
         lines += against_base_model(ranked.set_index("group").loc[baseline], best, base_model, noise)
     return lines
+
+
+def points_cell(row, prefix: str) -> str:
+    """'+17.6 pt [-5.9, +41.2]': a difference of two shares in percentage points with its 95 % interval."""
+    delta = row.get(f"{prefix}_delta")
+    if delta is None or math.isnan(delta):
+        return "-"
+    return f"{100 * delta:+.1f} pt [{100 * row[f'{prefix}_low']:+.1f}, {100 * row[f'{prefix}_high']:+.1f}]"
+
+
+SHARE_WORDS = {"better": "higher", "worse": "lower", "unclear": "no difference shown: the interval includes zero"}
+
+
+def share_change(row, prefix: str) -> str:
+    """'+17.6 pt [-5.9, +41.2], no difference shown: the interval includes zero', or '' without an interval."""
+    cell = points_cell(row, prefix)
+    return "" if cell == "-" else f"{cell}, {SHARE_WORDS[row[f'{prefix}_verdict']]}"
+
+
+def exact_match_cell(share, items) -> str:
+    """'41.2 % of 17': the share of right answers beside the number of items it was scored on."""
+    if share is None or (isinstance(share, float) and math.isnan(share)):
+        return "-"
+    return f"{100 * share:.1f} %" + (f" of {items:.0f}" if items is not None and not pd.isna(items) else "")
 
 
 def against_base_model(baseline: pd.Series, best: pd.Series, base_model: dict, noise: float | None) -> list[str]:
@@ -96,9 +121,11 @@ def against_base_model(baseline: pd.Series, best: pd.Series, base_model: dict, n
         + (f", {abs(delta) / noise:.0f} x the seed sigma)." if noise else ").")
     ]
     if base_model.get("exact_match") is not None and not math.isnan(baseline["exact_match"]):
+        against = lambda row: f" ({share_change(row, 'em_vs_base')} against the base model)" if share_change(row, "em_vs_base") else ""  # noqa: E731
         lines.append(
-            f"Exact-match accuracy on the {int(baseline['exact_match_items'])} one-answer test conversations: base model "
-            f"{base_model['exact_match']:.0%}, baseline {baseline['exact_match']:.0%}, best configuration ({best['group']}) {best['exact_match']:.0%}."
+            f"Exact-match accuracy on the {int(baseline['exact_match_items'])} one-answer test conversations (95 % intervals over these "
+            f"items): base model {base_model['exact_match']:.0%}, baseline {baseline['exact_match']:.0%}{against(baseline)}, "
+            f"best configuration ({best['group']}) {best['exact_match']:.0%}{against(best)}."
         )
     return lines
 
@@ -193,7 +220,7 @@ def data_findings(complete: list[dict], ranked: pd.DataFrame, baseline: str, mea
 
 
 def base_model_line(base_model: dict) -> str:
-    formats = {c.key: c.fmt for c in COLUMNS if c.fmt}
+    formats = {**{c.key: c.fmt for c in COLUMNS if c.fmt}, "exact_match": ".1%"}  # the table shows it as text with its items
     return "Base model (adapter off, same split): " + ", ".join(
         f"{k} {format_number(v, formats.get(k, '.4f'))}" for k, v in base_model.items())
 
@@ -263,10 +290,11 @@ COLUMNS = (
     Column("train_loss", "train loss (not compared)", ".4f"),
     Column("val_loss", "val loss", ".4f", glance=True), Column("val_loss_std", "± seed std", ".4f", glance=True),
     Column("val_bpb", "val bits/byte", ".4f"),
-    Column("vs_base_pct", "vs baseline %", "+.2f", glance=True), Column("verdict", "seed-noise verdict", glance=True),
-    Column("paired", "paired vs baseline [95 %]", glance=True), Column("paired_verdict", "paired verdict", glance=True),
-    Column("test_loss", "test loss", ".4f"), Column("perplexity", "perplexity", ".4g"), Column("bleu", "BLEU", ".2f"),
-    Column("rouge_l", "ROUGE-L", ".3f"), Column("exact_match", "exact match", ".1%", glance=True),
+    Column("vs_base_pct", "vs baseline %", "+.2f", glance=True),
+    Column("paired", "paired vs baseline [95 %]", glance=True), Column("verdict", "verdict", glance=True), Column("verdict_why", "why"),
+    Column("test_loss", "test loss", ".4f"), Column("perplexity", "perplexity", ".4g"), Column("bleu", "BLEU (not compared)", ".2f"),
+    Column("rouge_l", "ROUGE-L (not compared)", ".3f"), Column("exact_match_cell", "exact match", glance=True),
+    Column("em_paired", "exact match vs baseline [95 %]"), Column("em_vs_base", "exact match vs base model [95 %]"),
     Column("time_s", "train s", ".1f"), Column("s_per_step", "s/step", ".2f", glance=True), Column("tokens_per_s", "tokens/s", ".0f"),
     Column("peak_mem_mb", "peak MB", ".0f"), Column("weights_mb", "weights MB", ".0f"),
 )
@@ -336,7 +364,7 @@ def glance_findings(ranked: pd.DataFrame, baseline: str, noise: float | None, ba
         lines.append(f"Noise unknown: no configuration was repeated over seeds, so no difference in {name} can be called real. "
                      "Repeat the baseline (`seeds: [3407, 1, 2]` in its params file) to measure it.")
     else:
-        band = f"2 sigma of seed noise, {NOISE_MULTIPLE * noise:.4f}"
+        band = f"2 sigma of seed noise, {NOISE_MULTIPLE * noise:.4f}, and the paired interval"
         better, worse = others[others["verdict"] == "better"], others[others["verdict"] == "worse"]
         lines.append(f"Helped beyond the noise ({band}): {change(better)}." if len(better)
                      else f"No change lowered {name} by more than the noise ({band}).")
@@ -348,17 +376,18 @@ def glance_findings(ranked: pd.DataFrame, baseline: str, noise: float | None, ba
                  + ("." if best["group"] == baseline else f" against the baseline's {base[measure]:.4f}."))
     if base_model and base_model.get(measure) is not None:
         delta = base[measure] - base_model[measure]
-        em = ("" if base_model.get("exact_match") is None or pd.isna(base["exact_match"]) else
-              f"; exact match {base_model['exact_match']:.0%} -> {base['exact_match']:.0%}")
+        em = ""
+        if base_model.get("exact_match") is not None and not pd.isna(base["exact_match"]):
+            interval = share_change(base, "em_vs_base")
+            em = (f"; exact match {base_model['exact_match']:.0%} -> {base['exact_match']:.0%} of {base['exact_match_items']:.0f} items"
+                  + (f" ({interval})" if interval else ""))
         lines.append(f"Fine-tuned against the base model (adapter off): {name} {base_model[measure]:.4f} -> {base[measure]:.4f} "
                      f"for the baseline ({100 * delta / base_model[measure]:+.1f} %){em}.")
-    unsettled = others if noise is None else others[others["verdict"] == "within noise"]
-    disagree = others[(others["verdict"].isin(["better", "worse"])) & (others["paired_verdict"] == "unclear")]
-    if len(unsettled) or len(disagree):
-        lines.append("Not settled: " + "; ".join(
-            [f"{r['group']} ({r['vs_base_pct']:+.1f} %, within the noise)" if noise is not None else f"{r['group']} ({r['vs_base_pct']:+.1f} %)"
-             for _, r in unsettled.iterrows()]
-            + [f"{r['group']} (beyond the seed noise, but the paired interval includes zero)" for _, r in disagree.iterrows()]) + ".")
+    why = {"within noise": "within the noise", "noise unknown": "noise unknown", "unclear": "the paired interval includes zero"}
+    unsettled = others[others["verdict"].isin(list(why))]
+    if len(unsettled):
+        lines.append("Not settled: " + "; ".join(f"{r['group']} ({r['vs_base_pct']:+.1f} %, {why[r['verdict']]})"
+                                                  for _, r in unsettled.iterrows()) + ".")
     return lines[:5]
 
 
@@ -371,9 +400,9 @@ def write_markdown(path: Path, report: "Report", figures: dict[str, str], best_f
     measure = report.measure
     parts = ["# Experiment report", "",
              f"Runs are ranked on {MEASURES[measure]} (held-out, the same conversations for all), as mean over seeds where repeated. "
-             "`verdict` compares the difference with the seed noise; `paired` is the difference from the baseline on the same "
-             "conversations with its bootstrap 95 % interval. Training loss is shown but not compared: runs of different lengths "
-             "end at different points of the schedule.", "",
+             "`paired` is the difference from the baseline on the same conversations with its bootstrap 95 % interval. "
+             f"{VERDICT_RULE} Training loss, BLEU and ROUGE-L are shown but not compared: runs of different lengths "
+             "end at different points of the schedule, and the reference scores reward imitating the held-out replies.", "",
              markdown_table(glance_table(report)), "",
              *[f"- {line}" for line in report.glance], "",
              "## All findings", "", *[f"- {line}" for line in report.findings], "",
@@ -422,6 +451,9 @@ class Report:
         configs = configs_by_group(self.complete)
         self.ranked["data"] = [data_choices(configs[g]) or "pool" for g in self.ranked["group"]]
         self.ranked["paired"] = [paired_cell(row) for _, row in self.ranked.iterrows()]
+        self.ranked["exact_match_cell"] = [exact_match_cell(s, n) for s, n in zip(self.ranked["exact_match"], self.ranked["exact_match_items"])]
+        self.ranked["em_paired"] = [points_cell(row, "em_paired") for _, row in self.ranked.iterrows()]
+        self.ranked["em_vs_base"] = [points_cell(row, "em_vs_base") for _, row in self.ranked.iterrows()]
         self.ranked["vs_base_pct"] = self.ranked[f"{self.measure}_vs_base_pct"]
         fingerprint = self.groups.set_index("group").loc[self.baseline, "fingerprint"]
         self.base_model = base_model_row(self.complete, fingerprint)
@@ -438,7 +470,10 @@ class Report:
         """Every registry column of the ranked groups, the base model (adapter off) last."""
         table = self.ranked[[c.key for c in COLUMNS]].copy()
         if self.base_model:
-            table = pd.concat([table, pd.DataFrame([{"group": "base model (no adapter)", **self.base_model}])], ignore_index=True)
+            fingerprint = self.groups.set_index("group").loc[self.baseline, "fingerprint"]
+            items = (base_model_evaluation(self.complete, fingerprint) or {}).get("exact_match_items")
+            row = {"group": "base model (no adapter)", **self.base_model, "exact_match_cell": exact_match_cell(self.base_model.get("exact_match"), items)}
+            table = pd.concat([table, pd.DataFrame([row])], ignore_index=True)
         return table
 
     def export_chains(self) -> dict[str, list[dict]]:
@@ -464,6 +499,7 @@ def write_report(report: Report, output_root: str | Path, sweep_dir: str | Path 
     for title, fig in (figures or report.figures()).items():
         name = title.replace(" ", "_") + ".png"
         fig.savefig(figure_dir / name, dpi=110)
+        plt.close(fig)  # saved: a long session of reports must not keep every figure open
         files[title] = f"report_figures/{name}"
     best_file = None
     if sweep_dir and len(report.best_combination) > 1:

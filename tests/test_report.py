@@ -10,8 +10,32 @@ from lab2.html_pages import notebooks_to_html
 from lab2.report import GENERATED_MARK, Report, write_best_combination, write_report
 
 
-def _run(out, name, val_loss, group=None, seed=3407, fingerprint="split-A", **config):
+CONVERSATIONS, ITEMS = 16, 20
+PATTERN = [0.3 * math.sin(i) for i in range(CONVERSATIONS)]  # conversations differ; a run shifts them all
+
+
+def _validation(val_loss: float, wobble: float = 0.0) -> dict:
+    """16 validation conversations of 10 reply tokens, whose aggregate loss is exactly `val_loss`; `wobble`
+    moves them up and down in turn, by run, so a paired interval can straddle zero."""
+    centre = sum(PATTERN) / CONVERSATIONS
+    per_token = [val_loss + x - centre + (wobble if i % 2 else -wobble) for i, x in enumerate(PATTERN)]
+    return {"nll": [10 * x for x in per_token], "tokens": [10] * CONVERSATIONS}
+
+
+def _references(right: int, output: str, base: bool = False) -> list[dict]:
+    """20 one-answer test items: the first `right` answered right (the base model's: the last ones)."""
+    rows = []
+    for i in range(ITEMS):
+        correct = (i >= ITEMS - right) if base else (i < right)
+        prompt, reference = ("What is 2 plus 3?", "2 plus 3 is 5.") if i == 0 else (f"Question {i}?", f"Answer {i}.")
+        rows.append({"prompt": prompt, "reference": reference, "output": output if i == 0 else ("right" if correct else "wrong"),
+                     "answer": "5" if i == 0 else str(i), "correct": correct})
+    return rows
+
+
+def _run(out, name, val_loss, group=None, seed=3407, fingerprint="split-A", wobble=0.0, **config):
     cfg = ExperimentConfig(experiment=name, group=group, **{"train": {"seed": seed}, **config}).to_dict()
+    right = round(ITEMS * (1.0 - val_loss / 4))  # exact match follows the loss, in whole answers
     # also vary the inputs that should never be compared directly (train loss)
     metrics = {
         "experiment": name, "status": "complete", "config": cfg, "config_hash": "h",
@@ -20,12 +44,13 @@ def _run(out, name, val_loss, group=None, seed=3407, fingerprint="split-A", **co
                   "training_time_seconds": cfg["train"]["max_steps"] * 1.0, "tokens_per_second": 100.0, "peak_memory_mb": 1000.0,
                   "history": [{"step": 1, "loss": 2.0}], "eval_history": [{"step": 1, "eval_loss": val_loss}]},
         "eval": {"val_loss": val_loss, "test_loss": val_loss + 0.01, "perplexity": math.exp(val_loss + 0.01), "bleu": 1.0,
-                 "rouge_l": 0.1, "exact_match": 1.0 - val_loss / 4, "exact_match_items": 20, "split_fingerprint": fingerprint,
+                 "rouge_l": 0.1, "exact_match": right / ITEMS, "exact_match_items": ITEMS, "split_fingerprint": fingerprint,
+                 "per_conversation": {"validation": _validation(val_loss, wobble)},
                  "samples": [{"prompt": "What is the capital of France?", "output": f"Paris ({name})"}],
-                 "references": [{"prompt": "What is 2 plus 3?", "reference": "2 plus 3 is 5.", "output": "2 plus 3 is 5.", "answer": "5", "correct": True}],
+                 "references": _references(right, "2 plus 3 is 5."),
                  "base": {"val_loss": 3.0, "test_loss": 3.1, "perplexity": math.exp(3.1), "bleu": 0.0, "rouge_l": 0.0, "exact_match": 0.1,
-                          "samples": [{"prompt": "What is the capital of France?", "output": "It is Paris."}],
-                          "references": [{"prompt": "What is 2 plus 3?", "reference": "2 plus 3 is 5.", "output": "2 + 3 = 6", "answer": "5", "correct": False}]}},
+                          "exact_match_items": ITEMS, "samples": [{"prompt": "What is the capital of France?", "output": "It is Paris."}],
+                          "references": _references(2, "2 + 3 = 6", base=True)}},
     }
     runs.write_json_atomic(out / name / "metrics.json", metrics)
 
@@ -74,7 +99,9 @@ def test_findings_are_computed_from_the_data(outputs):
     assert "The factor that moved validation loss most is steps" in text  # 2.40 -> 1.75 spans 0.65
     assert "Then: rank (0.1000), lr (0.0100)" in text
     assert "Returns diminish for steps" in text  # 30->60 gained 0.4/30 steps, 120->240 only 0.05/120
-    assert "lr_high: validation loss per token -0.50 % vs baseline, within noise." in text
+    assert ("lr_high: validation loss per token -0.50 % vs baseline; on the same conversations -0.0100 [-0.0100, -0.0100] "
+            "(95 % bootstrap interval): within noise (the paired interval excludes zero, but the difference is under 2 sigma of "
+            "seed noise (0.0400))." in text)
     assert "Best configuration: steps_240" in text
 
 
@@ -82,11 +109,12 @@ def test_at_a_glance_five_findings_in_the_order_a_student_needs_them(outputs):
     """What helped beyond the noise and by how much, what hurt, the best configuration, fine-tuned against
     base, what is not settled: worked out by hand from the fixture (baseline 2.00, sigma 0.02)."""
     assert Report(outputs).glance == [
-        "Helped beyond the noise (2 sigma of seed noise, 0.0400): steps_240 -12.5 %; steps_120 -10.0 %; rank_32 -5.0 %.",
-        "Hurt beyond the noise: steps_30 +20.0 %.",
+        "Helped beyond the noise (2 sigma of seed noise, 0.0400, and the paired interval): steps_240 -12.5 %, paired -0.2500 "
+        "[-0.2500, -0.2500]; steps_120 -10.0 %, paired -0.2000 [-0.2000, -0.2000]; rank_32 -5.0 %, paired -0.1000 [-0.1000, -0.1000].",
+        "Hurt beyond the noise: steps_30 +20.0 %, paired +0.4000 [+0.4000, +0.4000].",
         "Best configuration: steps_240, validation loss per token 1.7500 against the baseline's 2.0000.",
         "Fine-tuned against the base model (adapter off): validation loss per token 3.0000 -> 2.0000 for the baseline (-33.3 %); "
-        "exact match 10% -> 50%.",
+        "exact match 10% -> 50% of 20 items (+40.0 pt [+10.0, +70.0], higher).",
         "Not settled: lr_high (-0.5 %, within the noise).",
     ]
 
@@ -98,7 +126,61 @@ def test_without_repeats_the_glance_says_noise_unknown_and_claims_nothing(tmp_pa
     glance = Report(out).glance
     assert glance[0].startswith("Noise unknown: no configuration was repeated over seeds")
     assert not any(line.startswith(("Helped", "Hurt")) for line in glance)
-    assert glance[-1] == "Not settled: rank_32 (-5.0 %)."
+    assert glance[-1] == "Not settled: rank_32 (-5.0 %, noise unknown)."
+
+
+def test_one_verdict_per_row_by_one_rule(outputs, tmp_path):
+    """The verdict's cases, by hand. Nothing repeated: "noise unknown" where the paired interval excludes zero,
+    "unclear" where it includes it, never better or worse. With seed noise (sigma 0.02): an interval that
+    excludes zero but a difference under 2 sigma is "within noise"; both agreeing is better or worse; beyond
+    the seed noise but with an interval that includes zero is "unclear"."""
+    single = tmp_path / "single"
+    _run(single, "baseline", 2.00)
+    _run(single, "rank_32", 1.90, lora={"r": 32, "alpha": 32})  # -0.1 on every conversation
+    _run(single, "lr_high", 1.99, wobble=0.5, train={"learning_rate": 5e-4})  # -0.01 overall, +-0.5 by conversation
+    rep = Report(single)
+    rows = rep.ranked.set_index("group")
+    assert rep.noise is None
+    assert rows.loc["rank_32", "paired_high"] < 0 and rows.loc["rank_32", "verdict"] == "noise unknown"
+    assert rows.loc["lr_high", "paired_low"] < 0 < rows.loc["lr_high", "paired_high"] and rows.loc["lr_high", "verdict"] == "unclear"
+    assert rows.loc["lr_high", "verdict_why"] == "the paired interval includes zero"
+    md = write_report(rep, single, None).read_text()
+    assert "noise unknown" in md and not {"better", "worse"} & set(rep.ranked["verdict"])
+    short_rows = [line for line in md.split("## All findings")[0].splitlines() if line.startswith("| rank_32 |") or line.startswith("| lr_high |")]
+    assert len(short_rows) == 2 and not any("| better |" in line or "| worse |" in line for line in short_rows)
+
+    rows = Report(outputs).ranked.set_index("group")
+    lr_high = rows.loc["lr_high"]  # -0.01 on every conversation: the interval excludes zero, 0.01 < 2 sigma = 0.04
+    assert lr_high["paired_high"] < 0 and lr_high["verdict"] == "within noise"
+    assert lr_high["verdict_why"].startswith("the paired interval excludes zero, but the difference is under 2 sigma of seed noise (0.0400)")
+    assert rows.loc["rank_32", "paired_high"] < 0 and rows.loc["rank_32", "verdict"] == "better"  # both agree
+    assert rows.loc["steps_30", "paired_low"] > 0 and rows.loc["steps_30", "verdict"] == "worse"
+
+    _run(outputs, "wobbly", 1.90, wobble=0.8, train={"learning_rate": 3e-4})  # -0.1 (5 sigma), but +-0.8 by conversation
+    rows = Report(outputs).ranked.set_index("group")
+    assert rows.loc["wobbly", "paired_low"] < 0 < rows.loc["wobbly", "paired_high"] and rows.loc["wobbly", "verdict"] == "unclear"
+
+
+def test_exact_match_carries_its_items_and_paired_intervals(outputs):
+    """steps_240 answers 11 of 20 against the baseline's 10 and the base model's 2: +5 points on one answer
+    is no difference shown; +45 points against the base model is."""
+    rep = Report(outputs)
+    rows = rep.ranked.set_index("group")
+    best = rows.loc["steps_240"]
+    assert best["exact_match_cell"] == "55.0 % of 20"
+    assert best["em_paired_delta"] == pytest.approx(0.05) and best["em_paired_low"] <= 0 <= best["em_paired_high"]
+    assert best["em_paired_verdict"] == "unclear"
+    assert best["em_vs_base_delta"] == pytest.approx(0.45) and best["em_vs_base_low"] > 0 and best["em_vs_base_verdict"] == "better"
+    assert rows.loc["baseline", "em_paired_verdict"] == "baseline"
+    table = report_formatted(rep)
+    assert table.loc["steps_240", "exact match"] == "55.0 % of 20" and table.loc["base model (no adapter)", "exact match"] == "10.0 % of 20"
+    assert table.loc["steps_240", "exact match vs baseline [95 %]"].startswith("+5.0 pt [")
+
+
+def report_formatted(rep):
+    from lab2.report import columns_for, formatted
+
+    return formatted(rep.table(), columns_for(rep.measure)).set_index("group")
 
 
 def test_a_metric_added_to_the_column_registry_reaches_every_rendering(outputs, monkeypatch):
@@ -171,8 +253,9 @@ def test_fine_tuned_against_base_with_exact_match_and_sample_answers(outputs):
     assert against_base == ["Fine-tuning against the base model (adapter off, same split): validation loss 3.0000 -> 2.0000 "
                             "for the baseline (-33.3 %, 50 x the seed sigma)."]
     accuracy = next(line for line in rep.findings if line.startswith("Exact-match accuracy"))
-    assert accuracy == ("Exact-match accuracy on the 20 one-answer test conversations: base model 10%, baseline 50%, "
-                        "best configuration (steps_240) 56%.")
+    assert accuracy == ("Exact-match accuracy on the 20 one-answer test conversations (95 % intervals over these items): base model "
+                        "10%, baseline 50% (+40.0 pt [+10.0, +70.0], higher against the base model), best configuration (steps_240) 55% "
+                        "(+45.0 pt [+15.0, +75.0], higher against the base model).")
     samples = rep.sample_answers
     assert rep.best_run["experiment"] == "steps_240"
     assert samples.iloc[0].to_dict() == {"question": "What is the capital of France?", "right answer": "",
