@@ -75,11 +75,11 @@ report: setup
 	$(PY) -m lab2 report --out $(OUT) --sweep $(SWEEP)
 
 export: setup $(VENV)/.export
-	$(PY) -m lab2 export --out $(OUT) $(if $(EXP),--exp $(EXP))
+	$(PY) -m lab2 export --out $(OUT) --sweep $(SWEEP) $(if $(EXP),--exp $(EXP))
 
-# The chat app on 127.0.0.1:7860; GGUF defaults to the exported Q4_K_M of the best experiment.
+# The chat app on 127.0.0.1:7860; GGUF defaults to the file the best experiment's export record names (its Q4_K_M).
 app: setup $(VENV)/.export
-	LAB2_GGUF="$(or $(GGUF),$(shell $(PY) -c "from lab2.export import choose_experiment as c; e = c('$(OUT)'); print(f'$(OUT)/{e}/gguf/{e}.q4_k_m.gguf')"))" $(PY) app.py --host 127.0.0.1
+	$(PY) app.py --host 127.0.0.1 $(if $(GGUF),--gguf $(GGUF),--out $(OUT) $(if $(EXP),--exp $(EXP)))
 
 # Speed and memory figures, side by side; about 14 minutes on 2 cores (4 min 35 s measured before the QLoRA memory
 # (2 min 44 s) and merge-route (6 min 14 s, given a trained run; it trains its own here) benches came). Writes bench/results/ and docs/benchmarks.md.

@@ -77,7 +77,8 @@ def cmd_export(args) -> int:
     try:
         run_notebook(
             REPO_ROOT / "notebooks" / "export.ipynb", out,
-            {"experiment": name, "output_root": portable_path(args.out), "formats": args.formats}, sys.stderr.isatty(),
+            {"experiment": name, "output_root": portable_path(args.out), "formats": args.formats,
+             "sweep_dir": portable_path(args.sweep)}, sys.stderr.isatty(),
         )
     except Exception:
         recorded = (runs.read_metrics(out.parent) or {}).get("export")
@@ -155,7 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="merge, convert to GGUF, quantize and check one experiment")
     p.add_argument("--exp", default=None, help="experiment name (default: the report's best configuration, its best seed)")
     p.add_argument("--out", default=None, help="output root (default outputs/<the sweep folder's name>)")
-    p.add_argument("--sweep", default="params/smol", help="the sweep whose outputs to read (default params/smol)")
+    p.add_argument("--sweep", default="params/smol", help="the sweep whose outputs to read, and whose params files' eval and export "
+                   "sections the export follows as they are now (default params/smol)")
     p.add_argument("--formats", nargs="+", default=["f16", "q8_0", "q4_k_m"])
     p.set_defaults(func=cmd_export)
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from lab2 import runs
-from lab2.config import ConfigError, ExperimentConfig
+from lab2.config import ConfigError, ExperimentConfig, stable_hash
 
 QUANT_TYPES = {"q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M", "q5_k_m": "LLAMA_FTYPE_MOSTLY_Q5_K_M"}
 FORMATS = ("f16", *QUANT_TYPES)
@@ -303,7 +303,8 @@ def evaluated_model_figures(exp_dir: Path, metrics: dict, cfg: ExperimentConfig,
     recorded = metrics.get("eval") or {}
     figures = (recorded.get("per_conversation") or {}).get("test") or {}
     tokens = [sum(1 for label in row[1:] if label != IGNORE_INDEX) for row in test["labels"]]
-    if recorded.get("split_fingerprint") == split_fingerprint and figures.get("tokens", [])[: len(tokens)] == tokens:
+    same_prompts = [s["prompt"] for s in recorded.get("samples") or []] == list(cfg.eval.prompts)  # today's eval.prompts
+    if recorded.get("split_fingerprint") == split_fingerprint and figures.get("tokens", [])[: len(tokens)] == tokens and same_prompts:
         return {"nll": figures["nll"][: len(tokens)], "tokens": tokens, "answers": [s["output"] for s in recorded["samples"]],
                 "precision": recorded.get("precision") or metrics.get("precision"), "source": "the recorded evaluation"}
     from lab2 import evaluate, modeling
@@ -313,7 +314,7 @@ def evaluated_model_figures(exp_dir: Path, metrics: dict, cfg: ExperimentConfig,
     answers = evaluate.generate_replies(model, tokenizer, [[{"role": "user", "content": p}] for p in cfg.eval.prompts],
                                         cfg.eval.max_new_tokens, cfg.eval.batch_size)
     figures = {"nll": loss["nll"], "tokens": loss["tokens"], "answers": answers, "precision": modeling.precision_of(model),
-               "source": "measured at export (no evaluation on this split recorded)"}
+               "source": "measured at export (no evaluation of this split and these prompts recorded)"}
     del model
     return figures
 
@@ -339,8 +340,51 @@ def export_chain(export: dict) -> list[dict]:
     return rows
 
 
-def export_experiment(exp_dir: Path, formats: list[str], num_perplexity_samples: int = 16) -> dict:
-    """Merge, convert, quantize and check; returns (and records) the `export` section."""
+def served_gguf(output_root: str | Path, experiment: str | None = None) -> Path:
+    """The GGUF a chat should serve: the one the export record of the run (named, or the report's best)
+    names, Q4_K_M where it was made (the file students upload), else the smallest format exported."""
+    name = choose_experiment(output_root, experiment)
+    export = (runs.read_metrics(Path(output_root) / name) or {}).get("export") or {}
+    formats = export.get("formats") or {}
+    if not formats:
+        raise ConfigError(f"{output_root}/{name}: not exported yet; `make export` writes its GGUF files")
+    fmt = "q4_k_m" if "q4_k_m" in formats else min(formats, key=lambda f: formats[f]["size_bytes"])
+    path = Path(output_root) / name / "gguf" / formats[fmt]["file"]
+    if not path.is_file():
+        raise ConfigError(f"{path}: named by {name}'s export record but missing; `make export` writes it again")
+    return path
+
+
+def todays_config(trained: ExperimentConfig, sweep_dir: str | Path | None) -> ExperimentConfig:
+    """The run's config with the eval and export sections of its params file as it is now, validated
+    once (the sweep's own plan, so a seed repeat finds its file). The trained sections must be those the
+    run trained with; without a params file for the run, the settings recorded at training."""
+    from lab2.config import experiment_files, load_config
+    from lab2.sweep import plan_runs, run_name
+
+    if sweep_dir is None or not Path(sweep_dir).is_dir():
+        return trained
+    planned = [(f, o) for f, o in plan_runs(experiment_files([sweep_dir])) if run_name(f, o) == trained.experiment]
+    if not planned:
+        print(f"{trained.experiment}: no params file in {sweep_dir} plans this run; exporting with the settings recorded at training")
+        return trained
+    today = load_config(*planned[0])
+    if today.config_hash != trained.config_hash:
+        raise ConfigError(f"{trained.experiment}: its params changed since it trained (config hash {today.config_hash} now, "
+                          f"{trained.config_hash} trained); `make sweep` retrains it, then export")
+    return trained.model_copy(update={"eval": today.eval, "export": today.export})
+
+
+def export_settings(cfg: ExperimentConfig, formats: list[str], num_perplexity_samples: int) -> dict:
+    """Everything an export depends on besides the adapter: a change to any of it re-exports."""
+    return {"export": cfg.to_dict()["export"], "formats": sorted(formats), "prompts": list(cfg.eval.prompts),
+            "max_new_tokens": cfg.eval.max_new_tokens, "num_perplexity_samples": num_perplexity_samples}
+
+
+def export_experiment(exp_dir: Path, formats: list[str], num_perplexity_samples: int = 16, sweep_dir: str | Path | None = None) -> dict:
+    """Merge, convert, quantize and check, with the eval and export sections of the params as they are
+    now (`sweep_dir`); returns (and records) the `export` section. Nothing is redone while the adapter
+    (config hash) and those settings (the export key) are unchanged."""
     import torch
 
     from lab2 import data, evaluate, modeling
@@ -349,18 +393,24 @@ def export_experiment(exp_dir: Path, formats: list[str], num_perplexity_samples:
     if unknown or "f16" not in formats:
         raise ConfigError(f"formats: {unknown or formats} (choose from {list(FORMATS)}, f16 included: it is the source)")
     metrics = runs.read_metrics(exp_dir)
-    cfg = ExperimentConfig.model_validate(metrics["config"])
+    cfg = todays_config(ExperimentConfig.model_validate(metrics["config"]), sweep_dir)
+    settings = export_settings(cfg, formats, num_perplexity_samples)
+    key = stable_hash({"config_hash": cfg.config_hash, **settings})
     gguf_dir = exp_dir / "gguf"
-    done = (metrics.get("export") or {}).get("formats") or {}
-    if set(formats) <= set(done) and all((gguf_dir / done[fmt]["file"]).is_file() for fmt in formats):
-        # An export record joins the run only for its config hash: this is the current adapter's export.
-        print(f"{cfg.experiment}: already exported ({', '.join(formats)}); keeping those files and checks")
+    previous = metrics.get("export") or {}
+    done = previous.get("formats") or {}
+    if previous.get("export_key") == key and all(fmt in done and (gguf_dir / done[fmt]["file"]).is_file() for fmt in formats):
+        # An export record joins the run only for its config hash, and its key covers today's settings.
+        print(f"{cfg.experiment}: already exported ({', '.join(formats)}) with these settings; keeping those files and checks")
         fidelity_failures(metrics["export"])  # the verdicts of today's bands
         if metrics["export"].get("merge"):
             metrics["export"]["chain"] = export_chain(metrics["export"])
         runs.write_record(exp_dir, "export", {**metrics["export"], "config_hash": cfg.config_hash})
         raise_on_fidelity_failures(metrics["export"])
         return metrics["export"]
+    if previous:
+        changed = [k for k, v in settings.items() if (previous.get("settings") or {}).get(k) != v]
+        print(f"{cfg.experiment}: exporting again: {', '.join(changed) if previous.get('settings') else 'the record predates its settings'} changed")
     gguf_dir.mkdir(exist_ok=True)
     merged_dir = exp_dir / "merged"
     timings = {}
@@ -423,6 +473,8 @@ def export_experiment(exp_dir: Path, formats: list[str], num_perplexity_samples:
         "perplexity_samples": len(test),
         "timings": timings,
         "modelfile": "gguf/Modelfile",
+        "settings": settings,
+        "export_key": key,
     }
     export["failed_formats"] = [fmt for fmt, c in checks.items() if c["fidelity_ok"] is False]
     export["chain"] = export_chain(export)

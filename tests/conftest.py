@@ -139,7 +139,7 @@ def swept(tmp_path_factory) -> Path:
         patch.setenv("HF_TOKEN", FAKE_TOKEN)  # in every kernel's environment; must reach no file in OUT
         assert cli.main(["sweep", "params/tiny_random", "--out", "outputs"]) == 0
         assert cli.main(["report", "--out", "outputs", "--sweep", "params/tiny_random"]) == 0
-        assert cli.main(["export", "--out", "outputs"]) == 0  # the report's best, in f16, q8_0 and q4_k_m
+        assert cli.main(["export", "--out", "outputs", "--sweep", "params/tiny_random"]) == 0  # as `make export`: the report's best, in f16, q8_0 and q4_k_m
     return checkout
 
 

@@ -15,10 +15,15 @@ from tools.screenshot import CHROMIUM, CHROMIUM_ARGS  # one definition, shared w
 
 @pytest.fixture(scope="module")
 def exported_gguf(swept) -> dict[str, Path]:
-    """The GGUFs `make export` wrote in the swept checkout, by format."""
+    """The GGUFs `make export` wrote in the swept checkout, by format; q4_k_m is what `make app` serves
+    (`app.py --out`: the file the best run's export record names)."""
+    from lab2.export import served_gguf
+
     out = swept / "outputs"
     name = choose_experiment(out)
-    return {fmt: out / name / "gguf" / f"{name}.{fmt}.gguf" for fmt in ("f16", "q4_k_m")}
+    files = {fmt: out / name / "gguf" / f"{name}.{fmt}.gguf" for fmt in ("f16", "q4_k_m")}
+    assert served_gguf(out) == files["q4_k_m"]
+    return files
 
 
 @pytest.fixture(scope="module")

@@ -73,6 +73,56 @@ def test_a_format_outside_its_band_fails_make_export_in_one_line(exported, tmp_p
     assert runs.read_metrics(exported)["export"]["formats"]["q8_0"]["fidelity_ok"] is True  # the original untouched
 
 
+def test_export_follows_todays_params_and_redoes_only_what_changed(swept, tmp_path, monkeypatch, capsys):
+    """Export, change eval.prompts in the params, export again: the new prompts are recorded and checked;
+    a third export with nothing changed does no work. A changed training section is refused in one line."""
+    import yaml
+
+    from lab2.config import load_config
+    from lab2.export import export_experiment, export_settings, served_gguf
+    from tests.conftest import copy_of_swept
+
+    checkout = copy_of_swept(swept, tmp_path / "checkout")
+    monkeypatch.chdir(checkout)
+    out, sweep = Path("outputs"), "params/tiny_random"
+    name = choose_experiment(out)
+    with pytest.raises(ConfigError, match="not exported yet; `make export` writes its GGUF files"):
+        served_gguf(out)
+    first = export_experiment(out / name, ["f16", "q4_k_m"], 4, sweep)
+    assert first["settings"]["prompts"] == ["What is 2 plus 2?"] and first["merge"]["evaluated_source"] == "the recorded evaluation"
+    assert served_gguf(out) == out / name / "gguf" / f"{name}.q4_k_m.gguf"
+
+    params = Path("params/base.yaml")
+    base = yaml.safe_load(params.read_text())
+    base["eval"]["prompts"] = ["Name a colour."]
+    params.write_text(yaml.safe_dump(base))
+    before = (out / name / "gguf" / f"{name}.q4_k_m.gguf").stat().st_mtime_ns
+    second = export_experiment(out / name, ["f16", "q4_k_m"], 4, sweep)
+    assert "exporting again: prompts changed" in capsys.readouterr().out
+    recorded = runs.read_metrics(out / name)["export"]
+    assert recorded["settings"]["prompts"] == second["settings"]["prompts"] == ["Name a colour."]
+    assert [s["prompt"] for s in recorded["hf_samples"]] == ["Name a colour."]
+    assert [s["prompt"] for s in recorded["formats"]["q4_k_m"]["samples"]] == ["Name a colour."]
+    # The evaluation answered the old prompts, so the model as evaluated was measured again on the new ones.
+    assert recorded["merge"]["evaluated_source"].startswith("measured at export") and recorded["merge"]["ok"]
+    assert (out / name / "gguf" / f"{name}.q4_k_m.gguf").stat().st_mtime_ns > before
+    assert recorded["export_key"] != first["export_key"]
+
+    files = {p: p.stat().st_mtime_ns for p in (out / name / "gguf").iterdir()}
+    third = export_experiment(out / name, ["f16", "q4_k_m"], 4, sweep)
+    assert "already exported (f16, q4_k_m) with these settings" in capsys.readouterr().out
+    assert {p: p.stat().st_mtime_ns for p in (out / name / "gguf").iterdir()} == files and third["export_key"] == second["export_key"]
+
+    # export.merge_base is part of what an export depends on; a training setting is not the export's to change.
+    cfg = load_config(Path(sweep) / f"{name}.yaml")
+    other = cfg.model_copy(update={"export": cfg.export.model_copy(update={"merge_base": "original"})})
+    assert export_settings(other, ["f16"], 4) != export_settings(cfg, ["f16"], 4)
+    base["train"]["max_steps"] = 3
+    params.write_text(yaml.safe_dump(base))
+    with pytest.raises(ConfigError, match=f"{name}: its params changed since it trained .*; `make sweep` retrains it, then export"):
+        export_experiment(out / name, ["f16", "q4_k_m"], 4, sweep)
+
+
 def fake_run(root, experiment, val_loss, group=None, seed=3407, fingerprint="same", status="complete"):
     from lab2.config import ExperimentConfig
 
