@@ -32,11 +32,17 @@ def _pad(rows: list[list[int]], value: int, side: str = "right") -> torch.Tensor
     return torch.tensor(padded, dtype=torch.long)
 
 
+def token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Each target token's negative log-likelihood under `logits` (N x vocab), in float32 whatever the
+    model's dtype; an IGNORE_INDEX target scores 0. The one NLL of lab2: training's loss
+    (lab2.train.reply_token_loss), HF evaluation (`response_loss`) and the GGUF check (`summed_nll`) all
+    sum it, over the positions `reply_positions` chooses (tests/test_evaluate.py: the three agree to 1e-5)."""
+    return F.cross_entropy(logits.float(), targets, ignore_index=IGNORE_INDEX, reduction="none")
+
+
 def summed_nll(logits: torch.Tensor, targets: torch.Tensor) -> tuple[float, int]:
-    """Summed negative log-likelihood of `targets` under `logits` (N x vocab), and how many were
-    scored; IGNORE_INDEX targets are skipped. The one NLL of lab2: HF evaluation and GGUF checks."""
-    nll = F.cross_entropy(logits.float(), targets, ignore_index=IGNORE_INDEX, reduction="sum")
-    return nll.item(), int((targets != IGNORE_INDEX).sum())
+    """Summed `token_nll` of `targets` under `logits`, and how many were scored (the GGUF check's)."""
+    return token_nll(logits, targets).sum().item(), int((targets != IGNORE_INDEX).sum())
 
 
 def reply_positions(model, labels: torch.Tensor, **forward) -> tuple:
@@ -86,7 +92,7 @@ def response_loss(model, dataset, pad_token_id: int, batch_size: int = 8) -> dic
         head, selected, wanted, owner = reply_positions(model, labels, input_ids=input_ids, attention_mask=attention_mask)
         per_row = torch.zeros(len(input_ids), dtype=torch.float64, device=device)
         for i in range(0, len(wanted), HEAD_CHUNK):
-            nll = F.cross_entropy(head(selected[i : i + HEAD_CHUNK]).float(), wanted[i : i + HEAD_CHUNK], reduction="none")
+            nll = token_nll(head(selected[i : i + HEAD_CHUNK]), wanted[i : i + HEAD_CHUNK])
             per_row.index_add_(0, owner[i : i + HEAD_CHUNK], nll.double())
         nll_rows += per_row.tolist()
         token_rows += torch.bincount(owner, minlength=len(input_ids)).tolist()  # reply tokens of each row

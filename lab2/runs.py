@@ -4,7 +4,7 @@ Each stage writes its own record, whole and atomically, into `OUT/<experiment>/r
 `train.json` (the run: config, config_hash, status, data, env, precision, train), `eval.json`,
 `export.json` and `timing.json` (the sweep's notebook times). Every record carries the config hash
 it belongs to, and no stage reads, changes or rewrites another's. `read_metrics` joins them into
-the names tools read (DESIGN.md): the train record's top level, with `eval`, `export` and `timing`
+the names tools read (docs/outputs.md): the train record's top level, with `eval`, `export` and `timing`
 only from records of the same config hash, so a retrained run never shows an older run's
 evaluation. After each write the joined view is also written to `OUT/<experiment>/metrics.json`,
 for people and outside tools; lab2 reads it only in an experiment folder from before records

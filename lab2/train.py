@@ -1,10 +1,12 @@
-"""TRL SFT training of one experiment, with resume, history and metrics.json.
+"""TRL SFT training of one experiment, with resume, history and its train record.
 
 `train_experiment` is the whole story of a run:
-  metrics.json says "running" -> SFTTrainer trains (validation every eval_steps,
+  records/train.json says "running" -> SFTTrainer trains (validation every eval_steps,
   a checkpoint every save_steps, resuming from the newest checkpoint if one is
-  there) -> the adapter is saved -> metrics.json says "complete" with the
-  history, times, throughput and peak memory. A finished run is not trained again.
+  there) -> the adapter is saved -> records/train.json says "complete" with the
+  history, times, throughput and peak memory (lab2/runs.py writes the record and joins it with the
+  other stages' into metrics.json, the view people read). A finished run is not trained again.
+  The training loss is `reply_token_loss`: lab2's one NLL (`evaluate.token_nll`) on reply tokens.
 
 transformers and TRL are imported inside the functions, never at module import: on the Unsloth
 backend they must come after `unsloth` (see lab2/backend.py), and the trainer subclasses whatever
@@ -173,13 +175,11 @@ def reply_token_loss(model, inputs: dict, num_items_in_batch=None) -> torch.Tens
     a large share of a small model's step on CPU. Same sum of token NLLs, divided by the same count
     (`num_items_in_batch` across gradient accumulation, else the batch's labels): the same loss and
     gradients (tests/test_train.py checks both against the model's own)."""
-    import torch.nn.functional as F
-
-    from lab2.evaluate import reply_positions
+    from lab2.evaluate import reply_positions, token_nll
 
     forward = {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask", "position_ids")}
     head, hidden, targets, _ = reply_positions(model, inputs["labels"], **forward)
-    nll = F.cross_entropy(head(hidden).float(), targets, reduction="sum")
+    nll = token_nll(head(hidden), targets).sum()  # the same NLL as every evaluation
     count = num_items_in_batch if num_items_in_batch is not None else len(targets)
     return nll / count
 

@@ -40,6 +40,36 @@ def lora_model(tiny_model_dir):
     return model
 
 
+def test_one_nll_training_loss_evaluation_and_the_gguf_check_agree_on_one_batch(lora_model, tokenizer):
+    """The same batch through training's loss (reply_token_loss), HF evaluation (response_loss) and the GGUF
+    check's arithmetic (summed_nll on full logits, as export.gguf_response_loss feeds it): one NLL, to 1e-5."""
+    from datasets import Dataset
+
+    from lab2.evaluate import summed_nll
+    from lab2.train import reply_token_loss
+
+    examples = [tokenize_conversation(c, tokenizer, 512) for c in TWO_CONVERSATIONS]
+    dataset = Dataset.from_list([{k: e[k] for k in ("input_ids", "labels")} for e in examples])
+    width = max(len(e["input_ids"]) for e in examples)
+    batch = {
+        "input_ids": torch.tensor([e["input_ids"] + [tokenizer.pad_token_id] * (width - len(e["input_ids"])) for e in examples]),
+        "labels": torch.tensor([e["labels"] + [-100] * (width - len(e["labels"])) for e in examples]),
+        "attention_mask": torch.tensor([[1] * len(e["input_ids"]) + [0] * (width - len(e["input_ids"])) for e in examples]),
+    }
+    lora_model.eval()
+    with torch.no_grad():
+        trained = reply_token_loss(lora_model, batch).item()
+        evaluated = response_loss(lora_model, dataset, tokenizer.pad_token_id, batch_size=2)
+        nll, count = 0.0, 0
+        for e in examples:  # one conversation at a time, full logits: what the GGUF check computes from llama.cpp's
+            logits = lora_model(input_ids=torch.tensor([e["input_ids"]]), use_cache=False).logits[0, :-1]
+            row_nll, row_count = summed_nll(logits, torch.tensor(e["labels"][1:]))
+            nll, count = nll + row_nll, count + row_count
+    assert count == evaluated["tokens"] > 0
+    assert trained == pytest.approx(evaluated["loss"], abs=1e-5) and nll / count == pytest.approx(evaluated["loss"], abs=1e-5)
+    assert evaluated["loss"] > 1.0  # a random model's loss: the agreement is not of zeros
+
+
 def test_response_loss_matches_the_models_own_loss_on_two_sequences(lora_model, tokenizer):
     from datasets import Dataset
 
