@@ -11,7 +11,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 # What `make sweep` and `make report` write at the top of a sweep's folder (docs/outputs.md).
-SWEEP_FILES = {"index.html", "EXPERIMENT_REPORT.md", "report.ipynb", "report.html", "html", "report_figures", "sweep_history.json"}
+SWEEP_FILES = {"index.html", "EXPERIMENT_REPORT.md", "report.ipynb", "report.html", "html", "report_figures"}
 GENERATED_PARAMS = {"exp_best_combination.yaml"}  # written by `make report` into the sweep's params folder
 PATH = re.compile(r"\b(params|outputs)/[A-Za-z0-9_.*/-]*")  # stops at a placeholder such as <sweep>
 
@@ -78,7 +78,7 @@ def test_every_python_m_lab2_verb_the_pages_name_exists():
 
 
 def test_every_params_and_outputs_path_the_pages_name_exists():
-    found = [(page, n, m.group(0)) for page in PAGES for n, line in enumerate(page.read_text().splitlines(), 1)
+    found = [(page.relative_to(ROOT).as_posix(), n, m.group(0)) for page in PAGES for n, line in enumerate(page.read_text().splitlines(), 1)
              for m in PATH.finditer(line)]
     assert len(found) > 20  # the pages do name paths: the pattern finds them
     wrong = [(page, n, path, why) for page, n, path in found if (why := wrong_path(path))]
