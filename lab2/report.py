@@ -96,13 +96,13 @@ def points_cell(row, prefix: str) -> str:
     return f"{100 * delta:+.1f} pt [{100 * row[f'{prefix}_low']:+.1f}, {100 * row[f'{prefix}_high']:+.1f}]"
 
 
-SHARE_WORDS = {"better": "higher", "worse": "lower", "unclear": "no difference shown: the interval includes zero"}
+SHARE_WORDS = {"better": "higher", "worse": "lower", "unclear": "no difference shown, the interval includes zero"}
 
 
 def share_change(row, prefix: str) -> str:
-    """'+17.6 pt [-5.9, +41.2], no difference shown: the interval includes zero', or '' without an interval."""
+    """'+17.6 pt [-5.9, +41.2]: no difference shown, the interval includes zero', or '' without an interval."""
     cell = points_cell(row, prefix)
-    return "" if cell == "-" else f"{cell}, {SHARE_WORDS[row[f'{prefix}_verdict']]}"
+    return "" if cell == "-" else f"{cell}: {SHARE_WORDS[row[f'{prefix}_verdict']]}"
 
 
 def exact_match_cell(share, items) -> str:
@@ -121,7 +121,7 @@ def against_base_model(baseline: pd.Series, best: pd.Series, base_model: dict, n
         + (f", {abs(delta) / noise:.0f} x the seed sigma)." if noise else ").")
     ]
     if base_model.get("exact_match") is not None and not math.isnan(baseline["exact_match"]):
-        against = lambda row: f" ({share_change(row, 'em_vs_base')} against the base model)" if share_change(row, "em_vs_base") else ""  # noqa: E731
+        against = lambda row: f" (against the base model {share_change(row, 'em_vs_base')})" if share_change(row, "em_vs_base") else ""  # noqa: E731
         lines.append(
             f"Exact-match accuracy on the {int(baseline['exact_match_items'])} one-answer test conversations (95 % intervals over these "
             f"items): base model {base_model['exact_match']:.0%}, baseline {baseline['exact_match']:.0%}{against(baseline)}, "

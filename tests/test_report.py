@@ -114,7 +114,7 @@ def test_at_a_glance_five_findings_in_the_order_a_student_needs_them(outputs):
         "Hurt beyond the noise: steps_30 +20.0 %, paired +0.4000 [+0.4000, +0.4000].",
         "Best configuration: steps_240, validation loss per token 1.7500 against the baseline's 2.0000.",
         "Fine-tuned against the base model (adapter off): validation loss per token 3.0000 -> 2.0000 for the baseline (-33.3 %); "
-        "exact match 10% -> 50% of 20 items (+40.0 pt [+10.0, +70.0], higher).",
+        "exact match 10% -> 50% of 20 items (+40.0 pt [+10.0, +70.0]: higher).",
         "Not settled: lr_high (-0.5 %, within the noise).",
     ]
 
@@ -254,8 +254,8 @@ def test_fine_tuned_against_base_with_exact_match_and_sample_answers(outputs):
                             "for the baseline (-33.3 %, 50 x the seed sigma)."]
     accuracy = next(line for line in rep.findings if line.startswith("Exact-match accuracy"))
     assert accuracy == ("Exact-match accuracy on the 20 one-answer test conversations (95 % intervals over these items): base model "
-                        "10%, baseline 50% (+40.0 pt [+10.0, +70.0], higher against the base model), best configuration (steps_240) 55% "
-                        "(+45.0 pt [+15.0, +75.0], higher against the base model).")
+                        "10%, baseline 50% (against the base model +40.0 pt [+10.0, +70.0]: higher), best configuration (steps_240) 55% "
+                        "(against the base model +45.0 pt [+15.0, +75.0]: higher).")
     samples = rep.sample_answers
     assert rep.best_run["experiment"] == "steps_240"
     assert samples.iloc[0].to_dict() == {"question": "What is the capital of France?", "right answer": "",
