@@ -225,19 +225,21 @@ def test_base_yaml_spells_out_exactly_the_code_defaults():
 def test_readme_validate_example_is_the_real_output(demo_model):
     """The params page's console example is checked, not typed: a changed hash must be changed there too."""
     readme = (REPO / "docs" / "params.md").read_text()
-    example = next(line for line in readme.splitlines() if line.startswith("ok   params/tiny_random/baseline.yaml"))
-    real = subprocess.run([sys.executable, "-m", "lab2", "validate", "params/tiny_random/baseline.yaml"], cwd=REPO,
+    example = [line for line in readme.splitlines() if line.startswith("ok   params/tiny_random/")]
+    files = [line.split()[1] for line in example]
+    assert len(example) == 4 and files[0] == "params/tiny_random/baseline.yaml"
+    real = subprocess.run([sys.executable, "-m", "lab2", "validate", *files], cwd=REPO,
                           capture_output=True, text=True, timeout=120).stdout.strip()
-    assert example == real
+    assert example == real.splitlines()
 
 
 def test_readme_typo_example_is_the_real_message(params_tree):
     readme = (REPO / "docs" / "params.md").read_text()
-    example = next(line for line in readme.splitlines() if line.startswith("error: params/tiny_random/typo.yaml: "))
-    typo = params_tree("demo/typo.yaml", {"train": {"lerning_rate": 5e-3}})
+    example = next(line for line in readme.splitlines() if line.startswith("error: params/tiny_random/lr_5e-3.yaml: "))
+    typo = params_tree("demo/lr_5e-3.yaml", {"train": {"lerning_rate": 5e-3}})
     with pytest.raises(ConfigError) as info:
         load_config(typo)
-    assert example.removeprefix("error: params/tiny_random/typo.yaml: ") == str(info.value).removeprefix(f"{typo}: ")
+    assert example.removeprefix("error: params/tiny_random/lr_5e-3.yaml: ") == str(info.value).removeprefix(f"{typo}: ")
 
 
 def _chatml_model_folder(root: Path) -> Path:
