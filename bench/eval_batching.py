@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from lab2 import config, data, evaluate, modeling
+from lab2 import config, data, evaluate, generation, modeling
 
 
 def timed(fn):
@@ -42,12 +42,12 @@ def main() -> None:
     torch.manual_seed(0)
     model = modeling.load_trainable_model(cfg)
     prompts = [evaluate.prompt_and_reference(c)[0] for c in splits.conversations["test"][: args.n]]
-    evaluate.generate_replies(model, tokenizer, prompts[:2], 2, 2)  # warm-up
+    generation.generate_replies(model, tokenizer, prompts[:2], 2, 2)  # warm-up
 
     pad = tokenizer.pad_token_id
     batched_loss, t_loss_batched = timed(lambda: evaluate.response_loss(model, splits.validation, pad, args.batch_size))
     single_loss, t_loss_single = timed(lambda: evaluate.response_loss(model, splits.validation, pad, 1))
-    generate = lambda bs: evaluate.generate_replies(model, tokenizer, prompts, args.new_tokens, bs, min_new_tokens=args.new_tokens)  # noqa: E731
+    generate = lambda bs: generation.generate_replies(model, tokenizer, prompts, args.new_tokens, bs, min_new_tokens=args.new_tokens)  # noqa: E731
     batched_text, t_gen_batched = timed(lambda: generate(args.batch_size))
     single_text, t_gen_single = timed(lambda: generate(1))
 

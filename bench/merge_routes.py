@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from lab2 import data, evaluate, export, modeling, runs
+from lab2 import data, evaluate, export, generation, modeling, runs
 from lab2.config import ExperimentConfig, load_config
 from lab2.data import IGNORE_INDEX
 
@@ -72,7 +72,7 @@ def agreement(reference: list[torch.Tensor], other: list[torch.Tensor], dataset)
 
 
 def greedy(model, tokenizer, prompts: list[str], max_new_tokens: int) -> list[str]:
-    return evaluate.generate_replies(model, tokenizer, [[{"role": "user", "content": p}] for p in prompts], max_new_tokens, 8)
+    return generation.generate_replies(model, tokenizer, [[{"role": "user", "content": p}] for p in prompts], max_new_tokens, 8)
 
 
 def compare_routes(cfg: ExperimentConfig, adapter_dir: Path, work: Path, test_prompts: int, max_new_tokens: int) -> dict:

@@ -6,8 +6,8 @@ different lengths). Seed repeats of one configuration form a group (mean +- std)
 std is the noise. Each run is also compared with the baseline on the same conversations: the
 difference of the aggregate loss with a bootstrap 95 % interval over conversations
 (`paired_comparison`). The two make one verdict per row, by the rule in `VERDICT_RULE` (`verdict`).
-Exact match gets the same paired interval over its scored items, against the baseline and against
-the base model (`exact_match_comparison`). Runs whose evaluation split differs from the baseline's
+Exact match and IFEval get the same paired interval over their scored items, against the baseline and
+against the base model, under the same rule with their own seed noise (`share_comparison`). Runs whose evaluation split differs from the baseline's
 (split fingerprint) are never ranked with it. Where the runs' tokenizers differ, a nat per token
 means different things, so they are ranked on bits per byte of reply text instead. Reads results only.
 """
@@ -100,6 +100,7 @@ def run_row(metrics: dict) -> dict:
         "rouge_l": evaluation.get("rouge_l"),
         "exact_match": evaluation.get("exact_match"),
         "exact_match_items": evaluation.get("exact_match_items"),
+        **ifeval_figures(evaluation.get("ifeval")),
         "time_s": train["training_time_seconds"],
         "s_per_step": (train["training_time_seconds"] - train.get("periodic_eval_seconds", 0.0)) / max(train["total_steps"], 1),
         "tokens_per_s": train["tokens_per_second"],
@@ -113,8 +114,17 @@ def run_row(metrics: dict) -> dict:
     }
 
 
-METRICS = ["train_loss", "val_loss", "val_bpb", "test_loss", "perplexity", "bleu", "rouge_l", "exact_match", "time_s", "s_per_step",
-           "tokens_per_s", "peak_mem_mb", "weights_mb", "train_rows", "epochs"]
+# IFEval's four accuracies (lab2.ifeval) and its prompt count, by the table's column names.
+IFEVAL_FIGURES = {"ifeval": "prompt_strict", "ifeval_loose": "prompt_loose", "ifeval_inst": "instruction_strict",
+                  "ifeval_inst_loose": "instruction_loose", "ifeval_prompts": "prompts"}
+
+
+def ifeval_figures(scores: dict | None) -> dict:
+    return {column: (scores or {}).get(key) for column, key in IFEVAL_FIGURES.items()}
+
+
+METRICS = ["train_loss", "val_loss", "val_bpb", "test_loss", "perplexity", "bleu", "rouge_l", "exact_match", *IFEVAL_FIGURES,
+           "time_s", "s_per_step", "tokens_per_s", "peak_mem_mb", "weights_mb", "train_rows", "epochs"]
 BASE_METRICS = ("val_loss", "test_loss", "perplexity", "bleu", "rouge_l", "exact_match")
 
 
@@ -129,8 +139,8 @@ def group_table(table: pd.DataFrame) -> pd.DataFrame:
     settings = table.groupby("group", dropna=False)[["steps", "lr", "r", "alpha", "batch", "weights", "fingerprint", "tokenizer", "exact_match_items"]].first()
     means = table.groupby("group")[METRICS].mean()
     spread = table.groupby("group")["val_loss"].agg(seeds="count", val_loss_std="std")
-    bpb_spread = table.groupby("group")["val_bpb"].agg(val_bpb_std="std")
-    return settings.join(means).join(spread).join(bpb_spread).reset_index()
+    other_spread = table.groupby("group")[["val_bpb", "exact_match", "ifeval"]].std().add_suffix("_std")  # each measure's own seed noise
+    return settings.join(means).join(spread).join(other_spread).reset_index()
 
 
 def seed_noise(groups: pd.DataFrame, measure: str = "val_loss") -> float | None:
@@ -241,34 +251,45 @@ def with_verdicts(ranked: pd.DataFrame, baseline: str, noise: float | None) -> p
     return out
 
 
-# --------------------------------------------------------------------------- exact match, paired on the same items
+# --------------------------------------------------------------------------- shares, paired on the same items
 
 
-def exact_match_items(evaluations: list[dict]) -> tuple[tuple, np.ndarray] | None:
-    """(the scored items' prompts, each item's share of right answers over the evaluations given: a group's
-    seeds); None where one has no per-item record or they scored different items."""
+# Measures that are a share of items passed, each item scored for every run and the base model: exact
+# match (the test conversations with one right answer) and IFEval (its prompts, strict, prompt level).
+# Each gets the paired interval and the one verdict, against the baseline and against the base model.
+SHARES = {
+    "em": ("exact_match", lambda ev: [(r["prompt"], float(r["correct"])) for r in ev.get("references") or [] if "correct" in r]),
+    "ifeval": ("ifeval", lambda ev: [(p["key"], float(p["strict"])) for p in (ev.get("ifeval") or {}).get("per_prompt") or []]),
+}
+
+
+def share_items(evaluations: list[dict | None], prefix: str) -> tuple[tuple, np.ndarray] | None:
+    """(the scored items' keys, each item's share passed over the evaluations given: a group's seeds);
+    None where one has no per-item record or they scored different items."""
     rows = []
     for evaluation in evaluations:
-        scored = [(r["prompt"], float(r["correct"])) for r in (evaluation or {}).get("references") or [] if "correct" in r]
+        scored = SHARES[prefix][1](evaluation or {})
         if not scored:
             return None
         rows.append(scored)
-    if not rows or len({tuple(p for p, _ in r) for r in rows}) != 1:
+    if not rows or len({tuple(k for k, _ in r) for r in rows}) != 1:
         return None
-    return tuple(p for p, _ in rows[0]), np.mean([[c for _, c in r] for r in rows], axis=0)
+    return tuple(k for k, _ in rows[0]), np.mean([[v for _, v in r] for r in rows], axis=0)
 
 
-NO_INTERVAL = {"delta": math.nan, "low": math.nan, "high": math.nan, "verdict": "not recorded"}
+NO_INTERVAL = {"delta": math.nan, "low": math.nan, "high": math.nan, "verdict": "not recorded", "why": ""}
 
 
-def _exact_match_pair(run, other, prefix: str) -> dict:
+def share_pair(run, other, noise: float | None) -> dict:
+    """The paired difference of two shares over the same items, and its verdict by `VERDICT_RULE` (higher
+    is better: the rule is applied to the difference's negative)."""
     if run is None or other is None or run[0] != other[0]:
-        found = NO_INTERVAL
-    else:
-        ones = np.ones(len(run[1]))
-        paired = paired_difference((run[1], ones), (other[1], ones), lower_is_better=False)
-        found = {k.removeprefix("paired_"): v for k, v in paired.items()}
-    return {f"{prefix}_{k}": v for k, v in found.items()}
+        return NO_INTERVAL
+    ones = np.ones(len(run[1]))
+    paired = paired_difference((run[1], ones), (other[1], ones), lower_is_better=False)
+    delta, low, high = paired["paired_delta"], paired["paired_low"], paired["paired_high"]
+    word, why = verdict(-delta, -high, -low, noise)
+    return {"delta": delta, "low": low, "high": high, "verdict": word, "why": why}
 
 
 def base_model_evaluation(complete: list[dict], fingerprint: str) -> dict | None:
@@ -280,28 +301,31 @@ def base_model_evaluation(complete: list[dict], fingerprint: str) -> dict | None
     return None
 
 
-def exact_match_comparison(complete: list[dict], ranked: pd.DataFrame, baseline: str) -> pd.DataFrame:
-    """`ranked` with each group's exact match against the baseline and against the base model on the same
-    scored items: the difference in share of right answers with its bootstrap 95 % interval over items."""
+def share_comparison(complete: list[dict], ranked: pd.DataFrame, baseline: str, groups: pd.DataFrame, prefix: str) -> pd.DataFrame:
+    """`ranked` with each group's share (exact match or IFEval) against the baseline (`<prefix>_paired_*`)
+    and against the base model (`<prefix>_vs_base_*`) on the same items: the difference with its bootstrap
+    95 % interval over items, and the one verdict, with that share's own seed noise."""
     def items(group: str):
-        return exact_match_items([m.get("eval") for m in complete if group_of(m) == group])
+        return share_items([m.get("eval") for m in complete if group_of(m) == group], prefix)
 
+    noise = seed_noise(groups, SHARES[prefix][0])
     fingerprint = ranked.set_index("group").loc[baseline, "fingerprint"]
-    base_model = exact_match_items([base_model_evaluation(complete, fingerprint)])
+    base_model = share_items([base_model_evaluation(complete, fingerprint)], prefix)
     baseline_items = items(baseline)
     results = []
     for group in ranked["group"]:
         run = items(group)
-        vs_baseline = _exact_match_pair(run, baseline_items, "em_paired") if group != baseline else \
-            {f"em_paired_{k}": v for k, v in {**NO_INTERVAL, "verdict": "baseline"}.items()}
-        results.append({**vs_baseline, **_exact_match_pair(run, base_model, "em_vs_base")})
+        vs_baseline = share_pair(run, baseline_items, noise) if group != baseline else {**NO_INTERVAL, "verdict": "baseline"}
+        vs_base = share_pair(run, base_model, noise)
+        results.append({**{f"{prefix}_paired_{k}": v for k, v in vs_baseline.items()},
+                        **{f"{prefix}_vs_base_{k}": v for k, v in vs_base.items()}})
     return pd.concat([ranked.reset_index(drop=True), pd.DataFrame(results)], axis=1)
 
 
 def base_model_row(complete: list[dict], fingerprint: str) -> dict | None:
     """The base model's figures (adapter off), from any run on the same split."""
     base = base_model_evaluation(complete, fingerprint)
-    return None if base is None else {k: base.get(k) for k in BASE_METRICS}
+    return None if base is None else {**{k: base.get(k) for k in BASE_METRICS}, **ifeval_figures(base.get("ifeval"))}
 
 
 # --------------------------------------------------------------------------- factors
@@ -373,7 +397,8 @@ def rank_groups(complete: list[dict], baseline: str | None = None) -> dict:
     noise = seed_noise(groups, measure)
     ranked, others = compare(groups, baseline, measure)
     ranked = with_verdicts(paired_comparison(complete, ranked, baseline, measure), baseline, noise)
-    ranked = exact_match_comparison(complete, ranked, baseline)
+    for prefix in SHARES:
+        ranked = share_comparison(complete, ranked, baseline, groups, prefix)
     return {"groups": groups, "baseline": baseline, "measure": measure, "noise": noise, "ranked": ranked, "others": others}
 
 

@@ -168,6 +168,10 @@ class EvalSection(_Section):
     max_new_tokens: PositiveInt = 128
     batch_size: PositiveInt = 8
     compare_base: bool = True  # evaluate the base model (adapter off) with the same code
+    # IFEval (lab2.ifeval): how many of its 541 prompts (null: all; fewer: one fixed seeded subset, the
+    # same for every run; 0: none) and how long a reply may be. Every instruction is checked by code.
+    ifeval_prompts: NonNegativeInt | None = None
+    ifeval_max_new_tokens: PositiveInt = 1280  # the benchmark's own (lm-eval's ifeval.yaml, max_gen_toks)
 
 
 class ExportSection(_Section):

@@ -2,11 +2,12 @@
 
 - `response_loss`: token-weighted mean loss over the assistant tokens of a split,
   in batches; perplexity = exp(test loss).
-- `generate_replies`: batched greedy generation with left padding.
+- `generate_replies` (lab2.generation): batched greedy generation with left padding.
 - `reference_scores`: BLEU (sacrebleu) and ROUGE-L F1 (rouge-score) of generated
   replies against the test conversations' last reply.
 - `exact_match`: on the test conversations whose last reply has one right answer (the data's
   `answer`), the share of generated replies that state it.
+- IFEval (`lab2.ifeval`): instruction following, checked by lm-eval's code on a fixed set of prompts.
 - `evaluate_model`: all of the above for one model; with a peft model,
   `with model.disable_adapter()` gives the base model under the same code.
 """
@@ -16,12 +17,13 @@ from __future__ import annotations
 import math
 import re
 import time
-from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
 
+from lab2 import ifeval
 from lab2.data import IGNORE_INDEX
+from lab2.generation import by_length, generate_replies, in_order
 
 HEAD_CHUNK = 512  # positions projected through the LM head at once: bounds the (chunk x vocab) logits
 
@@ -55,19 +57,6 @@ def reply_positions(model, labels: torch.Tensor, **forward) -> tuple:
     targets = labels[:, 1:]
     keep = targets != IGNORE_INDEX
     return base.get_output_embeddings(), hidden[:, :-1][keep], targets[keep], keep.nonzero()[:, 0]
-
-
-def by_length(lengths: list[int]) -> list[int]:
-    """Indices from shortest to longest (stable): batches of similar length pad little."""
-    return sorted(range(len(lengths)), key=lengths.__getitem__)
-
-
-def in_order(values: list, order: list[int]) -> list:
-    """Values computed in `order`, put back in the original order."""
-    out = [None] * len(values)
-    for value, index in zip(values, order):
-        out[index] = value
-    return out
 
 
 @torch.no_grad()
@@ -105,53 +94,6 @@ def response_loss(model, dataset, pad_token_id: int, batch_size: int = 8) -> dic
         "bits_per_byte": total_nll / math.log(2) / sum(byte_rows) if byte_rows and sum(byte_rows) else None,
         "per_conversation": {"nll": nll_rows, "tokens": token_rows, "bytes": byte_rows},
     }
-
-
-@contextmanager
-def _left_padding(tokenizer):
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"  # decoder-only generation continues from the right edge
-    try:
-        yield
-    finally:
-        tokenizer.padding_side = side
-
-
-def stop_token_ids(tokenizer) -> list[int]:
-    from lab2.modeling import end_of_turn_token
-
-    ids = {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(end_of_turn_token(tokenizer))}
-    return sorted(i for i in ids if isinstance(i, int) and i >= 0 and i != tokenizer.unk_token_id)
-
-
-@torch.no_grad()
-def generate_replies(
-    model, tokenizer, conversations: list[list[dict]], max_new_tokens: int = 128, batch_size: int = 8, min_new_tokens: int = 0
-) -> list[str]:
-    """Greedy replies to conversations that end on a user turn (min_new_tokens: for timing equal work)."""
-    model.eval()
-    device = next(model.parameters()).device
-    prompts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
-    order = by_length([len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts])  # less left padding
-    replies: list[str] = []
-    with _left_padding(tokenizer):
-        for start in range(0, len(prompts), batch_size):
-            batch = tokenizer(
-                [prompts[i] for i in order[start : start + batch_size]], add_special_tokens=False, padding=True, return_tensors="pt"
-            ).to(device)
-            output = model.generate(
-                **batch,
-                max_new_tokens=max_new_tokens,
-                min_new_tokens=min_new_tokens or None,
-                do_sample=False,
-                temperature=None,
-                top_p=None,
-                eos_token_id=stop_token_ids(tokenizer),
-                pad_token_id=tokenizer.pad_token_id,
-            )
-            new_tokens = output[:, batch["input_ids"].shape[1] :]
-            replies += [t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
-    return in_order(replies, order)
 
 
 def reference_scores(predictions: list[str], references: list[str]) -> dict:
@@ -206,7 +148,7 @@ def answer_key(conversation: list[dict]) -> str | None:
 
 
 def evaluate_model(model, tokenizer, splits, eval_cfg) -> dict:
-    """val/test loss, perplexity, BLEU, ROUGE-L and samples for one model."""
+    """val/test loss, perplexity, BLEU, ROUGE-L, exact match, IFEval and samples for one model."""
     start = time.perf_counter()
     val = response_loss(model, splits.validation, tokenizer.pad_token_id, eval_cfg.batch_size)
     test = response_loss(model, splits.test, tokenizer.pad_token_id, eval_cfg.batch_size)
@@ -237,6 +179,7 @@ def evaluate_model(model, tokenizer, splits, eval_cfg) -> dict:
             for (p, r), g, a, c in zip(pairs, generated, answers, matched["correct"])
         ],
         "samples": [{"prompt": p, "output": o} for p, o in zip(eval_cfg.prompts, samples_out)],
+        "ifeval": ifeval.evaluate(model, tokenizer, eval_cfg),
         "eval_seconds": time.perf_counter() - start,
     }
 
@@ -331,15 +274,47 @@ def sample_answers(results: dict) -> str:
     return "\n\n".join(blocks)
 
 
+IFEVAL_KEYS = ("prompt_strict", "prompt_loose", "instruction_strict", "instruction_loose")
+
+
 def comparison_table(results: dict) -> str:
-    """Fine-tuned against base, as a small text table."""
-    keys = ["val_loss", "test_loss", "perplexity", "bleu", "rouge_l"] + (["exact_match"] if results.get("exact_match") is not None else [])
-    base = results.get("base")
-    lines = [f"{'metric':<12}{'fine-tuned':>12}" + (f"{'base':>12}{'change':>10}" if base else "")]
+    """Fine-tuned against base, as a small text table (IFEval's four accuracies under `ifeval_`)."""
+    def flat(found: dict) -> dict:
+        return {**found, **{f"ifeval_{k}": (found.get("ifeval") or {}).get(k) for k in IFEVAL_KEYS}}
+
+    figures, base = flat(results), flat(results["base"]) if results.get("base") else None
+    keys = ["val_loss", "test_loss", "perplexity", "bleu", "rouge_l", "exact_match", *(f"ifeval_{k}" for k in IFEVAL_KEYS)]
+    keys = [k for k in keys if figures.get(k) is not None]
+    width = max(len(k) for k in keys) + 2
+    lines = [f"{'metric':<{width}}{'fine-tuned':>12}" + (f"{'base':>12}{'change':>10}" if base else "")]
     for key in keys:
-        line = f"{key:<12}{results[key]:>12.4f}"
-        if base:
-            change = 100 * (results[key] - base[key]) / base[key] if base[key] else float("nan")
+        line = f"{key:<{width}}{figures[key]:>12.4f}"
+        if base and base.get(key) is not None:
+            change = 100 * (figures[key] - base[key]) / base[key] if base[key] else float("nan")
             line += f"{base[key]:>12.4f}{change:>+9.1f}%"
         lines.append(line)
+    if base:
+        lines += shares_against_base(results)
     return "\n".join(lines)
+
+
+def shares_against_base(results: dict) -> list[str]:
+    """Exact match and IFEval, fine-tuned minus base on the same items, with the paired 95 % interval and
+    the report's verdict rule (one run: no seed noise known)."""
+    from lab2.comparison import SHARES, share_items, share_pair
+
+    lines = []
+    for prefix, (name, _) in SHARES.items():
+        found = share_pair(share_items([results], prefix), share_items([results["base"]], prefix), None)
+        if found["verdict"] != "not recorded":
+            items = len(share_items([results], prefix)[0])
+            lines.append(f"{name} fine-tuned minus base on the same {items} items: {100 * found['delta']:+.1f} points "
+                         f"[{100 * found['low']:+.1f}, {100 * found['high']:+.1f}] (95 %): {found['verdict']}")
+    return lines
+
+
+def work_line(model, tokenizer, splits, cfg) -> str:
+    """What the evaluation of one model will do, and how long its slowest part (IFEval) will take here."""
+    work = (f"Evaluating: loss on {len(splits.validation)} validation and {len(splits.test)} test conversations, "
+            f"{min(cfg.eval.num_reference_samples, len(splits.test))} reference replies; ")
+    return work + ifeval.cost_line(model, tokenizer, cfg.eval)

@@ -307,11 +307,11 @@ def evaluated_model_figures(exp_dir: Path, metrics: dict, cfg: ExperimentConfig,
     if recorded.get("split_fingerprint") == split_fingerprint and figures.get("tokens", [])[: len(tokens)] == tokens and same_prompts:
         return {"nll": figures["nll"][: len(tokens)], "tokens": tokens, "answers": [s["output"] for s in recorded["samples"]],
                 "precision": recorded.get("precision") or metrics.get("precision"), "source": "the recorded evaluation"}
-    from lab2 import evaluate, modeling
+    from lab2 import evaluate, generation, modeling
 
     model = modeling.load_trained_model(cfg, exp_dir / "adapter")
     loss = evaluate.response_loss(model, test, tokenizer.pad_token_id, cfg.eval.batch_size)["per_conversation"]
-    answers = evaluate.generate_replies(model, tokenizer, [[{"role": "user", "content": p}] for p in cfg.eval.prompts],
+    answers = generation.generate_replies(model, tokenizer, [[{"role": "user", "content": p}] for p in cfg.eval.prompts],
                                         cfg.eval.max_new_tokens, cfg.eval.batch_size)
     figures = {"nll": loss["nll"], "tokens": loss["tokens"], "answers": answers, "precision": modeling.precision_of(model),
                "source": "measured at export (no evaluation of this split and these prompts recorded)"}
@@ -387,7 +387,7 @@ def export_experiment(exp_dir: Path, formats: list[str], num_perplexity_samples:
     (config hash) and those settings (the export key) are unchanged."""
     import torch
 
-    from lab2 import data, evaluate, modeling
+    from lab2 import data, evaluate, generation, modeling
 
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or "f16" not in formats:
@@ -436,7 +436,7 @@ def export_experiment(exp_dir: Path, formats: list[str], num_perplexity_samples:
 
     reference = AutoModelForCausalLM.from_pretrained(str(merged_dir), dtype=torch.float32)
     hf_loss = evaluate.response_loss(reference, test, tokenizer.pad_token_id, cfg.eval.batch_size)["loss"]
-    hf_answers = evaluate.generate_replies(reference, tokenizer, [[{"role": "user", "content": p}] for p in cfg.eval.prompts],
+    hf_answers = generation.generate_replies(reference, tokenizer, [[{"role": "user", "content": p}] for p in cfg.eval.prompts],
                                            cfg.eval.max_new_tokens, cfg.eval.batch_size)
     del reference
     evaluated_loss = mean_nll(evaluated)

@@ -80,3 +80,23 @@ def plot_paired_differences(ranked: pd.DataFrame, noise: float | None, unit: str
     ax.grid(alpha=0.3, axis="x")
     fig.tight_layout()
     return fig
+
+
+def plot_ifeval(ranked: pd.DataFrame, base_model: dict | None):
+    """Each run's IFEval accuracy (prompt level, strict) minus the base model's on the same prompts, with
+    its bootstrap 95 % interval: right of zero, fine-tuning made the model follow instructions better."""
+    rows = ranked[ranked["ifeval_vs_base_delta"].notna()].sort_values("ifeval_vs_base_delta")
+    fig, ax = plt.subplots(figsize=(7, 0.5 * max(len(rows), 1) + 1.6))
+    y = list(range(len(rows)))
+    points = 100 * rows["ifeval_vs_base_delta"]
+    ax.errorbar(points, y, xerr=[points - 100 * rows["ifeval_vs_base_low"], 100 * rows["ifeval_vs_base_high"] - points],
+                fmt="o", capsize=4, color="C2")
+    ax.axvline(0, color="black", lw=1)
+    ax.set_yticks(y, [f"{g} ({v})" for g, v in zip(rows["group"], rows["ifeval_vs_base_verdict"])])  # the table's verdict
+    base = (base_model or {}).get("ifeval")
+    ax.set(xlabel="IFEval prompt-level strict accuracy minus the base model's (points; right is better)",
+           title="IFEval against the base model, same prompts (95 % intervals)"
+           + ("" if base is None else f"; base {100 * base:.1f} %"))
+    ax.grid(alpha=0.3, axis="x")
+    fig.tight_layout()
+    return fig

@@ -97,7 +97,8 @@ def tiny_base(model_dir: Path, **train) -> dict:
             "gradient_accumulation_steps": 1, "gradient_checkpointing": False,
             "eval_steps": 2, "save_steps": 2, **train,
         },
-        "eval": {"prompts": ["What is 2 plus 2?"], "num_reference_samples": 4, "max_new_tokens": 8},
+        "eval": {"prompts": ["What is 2 plus 2?"], "num_reference_samples": 4, "max_new_tokens": 8,
+                 "ifeval_prompts": 3, "ifeval_max_new_tokens": 8},  # a few IFEval prompts: the plumbing, not a score
     }
 
 

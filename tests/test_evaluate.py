@@ -153,10 +153,22 @@ def test_evaluate_experiment_measures_base_with_the_same_keys(lora_model, tokeni
     examples = [tokenize_conversation(c, tokenizer, 512) for c in TWO_CONVERSATIONS]
     dataset = Dataset.from_list([{k: e[k] for k in ("input_ids", "labels")} for e in examples])
     splits = Splits(dataset, dataset, dataset, {"test": TWO_CONVERSATIONS}, {"fingerprint": "f"})
-    cfg = ExperimentConfig(experiment="e", eval=EvalSection(prompts=["Hi"], num_reference_samples=2, max_new_tokens=4))
+    cfg = ExperimentConfig(experiment="e", eval=EvalSection(prompts=["Hi"], num_reference_samples=2, max_new_tokens=4,
+                                                            ifeval_prompts=3, ifeval_max_new_tokens=4))
     results = evaluate_experiment(lora_model, tokenizer, splits, cfg)
-    keys = {"val_loss", "test_loss", "perplexity", "bleu", "rouge_l", "samples"}
+    keys = {"val_loss", "test_loss", "perplexity", "bleu", "rouge_l", "samples", "ifeval"}
     assert keys <= set(results) and keys <= set(results["base"])
+    # IFEval of the fine-tuned and the base model by the same code, on the same prompts, each one recorded.
+    tuned, base = results["ifeval"], results["base"]["ifeval"]
+    assert tuned["prompts"] == base["prompts"] == 3 and len(tuned["per_prompt"]) == 3
+    assert [p["key"] for p in tuned["per_prompt"]] == [p["key"] for p in base["per_prompt"]]
+    assert tuned["max_new_tokens"] == 4 and tuned["subset_seed"] == 0
+    assert tuned["prompt_strict"] == sum(p["strict"] for p in tuned["per_prompt"]) / 3
+    assert tuned["prompts_fingerprint"] == base["prompts_fingerprint"] and all(isinstance(p["reply"], str) for p in tuned["per_prompt"])
+    from lab2.evaluate import comparison_table
+
+    table = comparison_table(results)
+    assert "ifeval_prompt_strict" in table and "ifeval fine-tuned minus base on the same 3 items:" in table
     assert results["perplexity"] == pytest.approx(math.exp(results["test_loss"]))
     assert results["base"]["test_loss"] != pytest.approx(results["test_loss"])  # the adapter was really off
     assert results["samples"][0]["prompt"] == "Hi" and results["num_reference_samples"] == 2
@@ -228,7 +240,7 @@ def test_the_base_model_is_evaluated_once_per_sweep(lora_model, tokenizer, tmp_p
     examples = [tokenize_conversation(c, tokenizer, 512) for c in TWO_CONVERSATIONS]
     dataset = Dataset.from_list([{k: e[k] for k in ("input_ids", "labels")} for e in examples])
     splits = Splits(dataset, dataset, dataset, {"test": TWO_CONVERSATIONS}, {"fingerprint": "f"})
-    eval_section = {"prompts": ["Hi"], "num_reference_samples": 2, "max_new_tokens": 4}
+    eval_section = {"prompts": ["Hi"], "num_reference_samples": 2, "max_new_tokens": 4, "ifeval_prompts": 0}
     first = evaluate_experiment(lora_model, tokenizer, splits, ExperimentConfig(experiment="a", eval=eval_section), tmp_path)
     assert "reused_from" not in first["base"] and first["base"]["eval_seconds"] > 0
     runs.write_json_atomic(tmp_path / "a" / runs.METRICS_FILE, {"experiment": "a", "eval": first})

@@ -10,6 +10,7 @@ import pytest
 from lab2 import runs
 from lab2.config import ConfigError
 from lab2.export import choose_experiment
+from tests.conftest import REPO
 
 
 @pytest.fixture
@@ -88,6 +89,8 @@ def test_export_follows_todays_params_and_redoes_only_what_changed(swept, tmp_pa
     name = choose_experiment(out)
     with pytest.raises(ConfigError, match="not exported yet; `make export` writes its GGUF files"):
         served_gguf(out)
+    app = subprocess.run([sys.executable, str(REPO / "app.py"), "--out", str(out)], capture_output=True, text=True, timeout=120)
+    assert app.returncode == 1 and app.stderr.strip() == f"error: outputs/{name}: not exported yet; `make export` writes its GGUF files"
     first = export_experiment(out / name, ["f16", "q4_k_m"], 4, sweep)
     assert first["settings"]["prompts"] == ["What is 2 plus 2?"] and first["merge"]["evaluated_source"] == "the recorded evaluation"
     assert served_gguf(out) == out / name / "gguf" / f"{name}.q4_k_m.gguf"

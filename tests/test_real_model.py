@@ -102,7 +102,7 @@ def exported(smol_dir, tmp_path_factory):
         "data": {"source": str(SAMPLE_DATA), "subset": 120, "val_size": 4, "test_size": 8, "chat_template": "model"},
         "train": {"max_steps": 3, "learning_rate": 1e-3, "warmup_steps": 1, "batch_size": 4, "gradient_accumulation_steps": 1,
                   "gradient_checkpointing": False, "eval_steps": 3, "save_steps": 3},
-        "eval": {"prompts": ["What is the capital of France?"], "max_new_tokens": 12},
+        "eval": {"prompts": ["What is the capital of France?"], "max_new_tokens": 12, "ifeval_prompts": 2, "ifeval_max_new_tokens": 12},
     }))
     run(load_config(params), root)
     export_experiment(root / "smol", ["f16", "q8_0", "q4_k_m"], num_perplexity_samples=8)

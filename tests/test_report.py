@@ -33,7 +33,17 @@ def _references(right: int, output: str, base: bool = False) -> list[dict]:
     return rows
 
 
-def _run(out, name, val_loss, group=None, seed=3407, fingerprint="split-A", wobble=0.0, **config):
+PROMPTS = 24
+
+
+def _ifeval(passed: int, base: bool = False) -> dict:
+    """IFEval on 24 prompts (keys 1000..1023): the first `passed` followed strictly (the base model's: the last ones)."""
+    strict = [(i >= PROMPTS - passed) if base else (i < passed) for i in range(PROMPTS)]
+    return {"prompts": PROMPTS, "prompt_strict": passed / PROMPTS, "prompt_loose": passed / PROMPTS, "instruction_strict": passed / PROMPTS,
+            "instruction_loose": passed / PROMPTS, "per_prompt": [{"key": 1000 + i, "strict": s, "loose": s} for i, s in enumerate(strict)]}
+
+
+def _run(out, name, val_loss, group=None, seed=3407, fingerprint="split-A", wobble=0.0, ifeval=6, **config):
     cfg = ExperimentConfig(experiment=name, group=group, **{"train": {"seed": seed}, **config}).to_dict()
     right = round(ITEMS * (1.0 - val_loss / 4))  # exact match follows the loss, in whole answers
     # also vary the inputs that should never be compared directly (train loss)
@@ -47,10 +57,10 @@ def _run(out, name, val_loss, group=None, seed=3407, fingerprint="split-A", wobb
                  "rouge_l": 0.1, "exact_match": right / ITEMS, "exact_match_items": ITEMS, "split_fingerprint": fingerprint,
                  "per_conversation": {"validation": _validation(val_loss, wobble)},
                  "samples": [{"prompt": "What is the capital of France?", "output": f"Paris ({name})"}],
-                 "references": _references(right, "2 plus 3 is 5."),
+                 "references": _references(right, "2 plus 3 is 5."), "ifeval": _ifeval(ifeval),
                  "base": {"val_loss": 3.0, "test_loss": 3.1, "perplexity": math.exp(3.1), "bleu": 0.0, "rouge_l": 0.0, "exact_match": 0.1,
                           "exact_match_items": ITEMS, "samples": [{"prompt": "What is the capital of France?", "output": "It is Paris."}],
-                          "references": _references(2, "2 + 3 = 6", base=True)}},
+                          "references": _references(2, "2 + 3 = 6", base=True), "ifeval": _ifeval(2, base=True)}},
     }
     runs.write_json_atomic(out / name / "metrics.json", metrics)
 
@@ -114,7 +124,8 @@ def test_at_a_glance_five_findings_in_the_order_a_student_needs_them(outputs):
         "Hurt beyond the noise: steps_30 +20.0 %, paired +0.4000 [+0.4000, +0.4000].",
         "Best configuration: steps_240, validation loss per token 1.7500 against the baseline's 2.0000.",
         "Fine-tuned against the base model (adapter off): validation loss per token 3.0000 -> 2.0000 for the baseline (-33.3 %); "
-        "exact match 10% -> 50% of 20 items (+40.0 pt [+10.0, +70.0]: higher).",
+        "exact match 10% -> 50% of 20 items (+40.0 pt [+10.0, +70.0]: higher); IFEval 8% -> 25% of 24 prompts "
+        "(+16.7 pt [-4.2, +37.5]: no difference shown, the interval includes zero).",
         "Not settled: lr_high (-0.5 %, within the noise).",
     ]
 
@@ -175,6 +186,35 @@ def test_exact_match_carries_its_items_and_paired_intervals(outputs):
     table = report_formatted(rep)
     assert table.loc["steps_240", "exact match"] == "55.0 % of 20" and table.loc["base model (no adapter)", "exact match"] == "10.0 % of 20"
     assert table.loc["steps_240", "exact match vs baseline [95 %]"].startswith("+5.0 pt [")
+
+
+def test_ifeval_beside_the_loss_with_paired_intervals_and_the_one_verdict(outputs):
+    """Every run passes 6 of 24 prompts (the baseline's three seeds alike: seed noise 0), rank_32 10, the base
+    model 2 others. rank_32 against the baseline: +4 prompts, each up by one: better. The baseline against
+    the base model: 6 up and 2 down, +16.7 points with an interval that includes zero: unclear."""
+    _run(outputs, "rank_32", 1.90, ifeval=10, lora={"r": 32, "alpha": 32})
+    rep = Report(outputs)
+    rows = rep.ranked.set_index("group")
+    assert rows.loc["rank_32", "ifeval"] == pytest.approx(10 / 24) and rows.loc["rank_32", "ifeval_cell"] == "41.7 % of 24"
+    assert rows.loc["rank_32", "ifeval_paired_delta"] == pytest.approx(4 / 24) and rows.loc["rank_32", "ifeval_paired_low"] > 0
+    assert rows.loc["rank_32", "ifeval_paired_verdict"] == "better"
+    base = rows.loc["baseline"]
+    assert base["ifeval_vs_base_delta"] == pytest.approx(4 / 24) and base["ifeval_vs_base_low"] < 0 < base["ifeval_vs_base_high"]
+    assert base["ifeval_vs_base_verdict"] == "unclear" and base["ifeval_paired_verdict"] == "baseline"
+    assert rep.base_model["ifeval"] == pytest.approx(2 / 24)
+    table = report_formatted(rep)
+    assert table.loc["base model (no adapter)", "IFEval (prompt, strict)"] == "8.3 % of 24"
+    assert table.loc["rank_32", "IFEval vs baseline [95 %]"].startswith("+16.7 pt [+")
+    text = "\n".join(rep.findings)
+    assert "on the same 24 prompts for every run and the base model: one prompt is 4.2 points" in text
+    assert "rank_32: IFEval (prompt level, strict) base model 8.3% -> 41.7% (against the base model +33.3 pt [" in text
+    assert "against the baseline +16.7 pt [" in text and "]: higher)." in text
+    fine_tuned = next(line for line in rep.glance if line.startswith("Fine-tuned against the base model"))
+    assert fine_tuned.endswith("; IFEval 8% -> 25% of 24 prompts (+16.7 pt [" + fine_tuned.split("(+16.7 pt [")[1])
+    assert "no difference shown, the interval includes zero)." in fine_tuned
+    md = write_report(rep, outputs, None).read_text()
+    assert "IFEval vs base model [95 %]" in md.split("## All findings")[0]  # in the short table, beside the loss
+    assert (outputs / "report_figures" / "IFEval_against_the_base_model.png").stat().st_size > 1000
 
 
 def report_formatted(rep):
@@ -350,6 +390,15 @@ def test_make_report_on_a_real_sweep_and_make_export_takes_its_best(swept):
     for name in ("loss_curves", "validation_loss_by_factor", "cost_against_benefit", "paired_differences"):
         assert (out / "report_figures" / f"{name}.png").stat().st_size > 1000
     assert (swept / "params" / "tiny_random" / "exp_best_combination.yaml").read_text().startswith(GENERATED_MARK)
+    # A one-seed sweep: no seed noise, so no row says better or worse; its paired interval decides between
+    # "noise unknown" and "unclear", and the page states the rule that says so.
+    lr_high = rep.ranked.set_index("group").loc["lr_high"]
+    assert rep.noise is None and lr_high["verdict"] == ("unclear" if lr_high["paired_low"] <= 0 <= lr_high["paired_high"] else "noise unknown")
+    assert "noise unknown where the interval excludes zero but no configuration was repeated over seeds" in md
+    assert "Noise unknown: no configuration was repeated over seeds" in md and "Helped beyond the noise" not in md
+    # IFEval beside the loss, scored on the same prompts for both runs and the base model.
+    assert rep.ranked["ifeval_prompts"].tolist() == [3, 3] and rep.base_model["ifeval_prompts"] == 3
+    assert "IFEval (prompt, strict)" in md.split("## All findings")[0]
 
 
 def test_loss_curves_name_every_run_in_the_legend():

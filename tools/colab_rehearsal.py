@@ -47,7 +47,7 @@ SHORT_RUN = {
     "model": {"load_in_4bit": True},
     "train": {"max_steps": 6, "eval_steps": 3, "save_steps": 3, "warmup_steps": 0, "optimizer": "adamw_8bit",
               "gradient_checkpointing": True},
-    "eval": {"num_reference_samples": 4, "max_new_tokens": 16},
+    "eval": {"num_reference_samples": 4, "max_new_tokens": 16, "ifeval_prompts": 3, "ifeval_max_new_tokens": 8},
 }
 COLAB_STAGES = ("training", "unsloth", "export")  # what lab2.ipynb installs on a Colab GPU
 # Installed from a source archive, not a wheel, and why that is fine on Colab.
