@@ -76,10 +76,12 @@ def landing_page(output_root: str | Path, report) -> Path:
     glance = "".join(f"<li>{escape(line)}</li>" for line in report.glance)
     cells = [
         f"# lab2 experiments\n\nRanked on held-out {MEASURES[report.measure]}, the same conversations for every run (mean "
-        f"over seeds where repeated); training loss is never compared. {VERDICT_RULE} Full report: "
+        "over seeds where repeated); training loss is never compared. Full report: "
         "[EXPERIMENT_REPORT.md](EXPERIMENT_REPORT.md) · [report.html](report.html).",
-        "<style>.glance { font-size: 0.9em; } .glance td { white-space: nowrap; } .glance td:first-child, .glance td:last-child { white-space: normal; }</style>"
-        + html_table(glance_table(report), {"executed pages": links}).replace("<table>", '<table class="glance">', 1),
+        "<style>.glance { font-size: 0.9em; } .glance td { white-space: nowrap; } .glance td:first-child, .glance td:last-child { white-space: normal; }"
+        " .rule { font-size: 0.8em; margin-top: 4px; }</style>"
+        + html_table(glance_table(report), {"executed pages": links}).replace("<table>", '<table class="glance">', 1)
+        + f'<p class="rule">{escape(VERDICT_RULE)}</p>',  # the verdict column's rule, right under it
         f'<div style="display: flex; gap: 24px; align-items: flex-start">{figure}<ul style="flex: 1">{glance}</ul></div>',
         "## All findings\n\n" + "\n".join(f"- {line}" for line in report.findings),
         "## Experiments, every column\n\n" + html_table(formatted(report.table(), columns_for(report.measure))),

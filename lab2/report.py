@@ -308,17 +308,18 @@ COLUMNS = (
     Column("train_rows", "train rows", ".0f"), Column("epochs", "epochs", ".2f"), Column("steps", "steps"), Column("lr", "lr", "g"),
     Column("r", "r"), Column("alpha", "alpha"), Column("batch", "batch"), Column("weights", "weights"),
     Column("train_loss", "train loss (not compared)", ".4f"),
-    Column("val_loss", "val loss", ".4f", glance=True), Column("val_loss_std", "± seed std", ".4f", glance=True),
+    Column("val_loss_cell", "val loss ± seed std", glance=True),
+    Column("val_loss", "val loss", ".4f"), Column("val_loss_std", "± seed std", ".4f"),
     Column("val_bpb", "val bits/byte", ".4f"),
-    Column("vs_base_pct", "vs baseline %", "+.2f", glance=True),
+    Column("vs_base_pct", "vs baseline %", "+.2f"),
     Column("paired", "paired vs baseline [95 %]", glance=True), Column("verdict", "verdict", glance=True), Column("verdict_why", "why"),
     Column("test_loss", "test loss", ".4f"), Column("perplexity", "perplexity", ".4g"), Column("bleu", "BLEU (not compared)", ".2f"),
     Column("rouge_l", "ROUGE-L (not compared)", ".3f"), Column("exact_match_cell", "exact match", glance=True),
     Column("em_paired", "exact match vs baseline [95 %]"), Column("em_vs_base", "exact match vs base model [95 %]"),
-    Column("ifeval_cell", "IFEval (prompt, strict)", glance=True), Column("ifeval_vs_base", "IFEval vs base model [95 %]", glance=True),
+    Column("ifeval_cell", "IFEval (prompt, strict)", glance=True), Column("ifeval_vs_base", "IFEval vs base [95 %]", glance=True),
     Column("ifeval_paired", "IFEval vs baseline [95 %]"), Column("ifeval_loose", "IFEval (prompt, loose)", ".1%"),
     Column("ifeval_inst", "IFEval (instruction, strict)", ".1%"), Column("ifeval_inst_loose", "IFEval (instruction, loose)", ".1%"),
-    Column("time_s", "train s", ".1f"), Column("s_per_step", "s/step", ".2f", glance=True), Column("tokens_per_s", "tokens/s", ".0f"),
+    Column("time_s", "train s", ".1f"), Column("s_per_step", "s/step", ".2f"), Column("tokens_per_s", "tokens/s", ".0f"),
     Column("peak_mem_mb", "peak MB", ".0f"), Column("weights_mb", "weights MB", ".0f"),
 )
 
@@ -479,6 +480,7 @@ class Report:
         configs = configs_by_group(self.complete)
         self.ranked["data"] = [data_choices(configs[g]) or "pool" for g in self.ranked["group"]]
         self.ranked["paired"] = [paired_cell(row) for _, row in self.ranked.iterrows()]
+        self.ranked["val_loss_cell"] = [f"{m:.4f}" + ("" if pd.isna(sd) else f" ± {sd:.4f}") for m, sd in zip(self.ranked["val_loss"], self.ranked["val_loss_std"])]
         self.ranked["exact_match_cell"] = [share_cell(s, n) for s, n in zip(self.ranked["exact_match"], self.ranked["exact_match_items"])]
         self.ranked["em_paired"] = [points_cell(row, "em_paired") for _, row in self.ranked.iterrows()]
         self.ranked["em_vs_base"] = [points_cell(row, "em_vs_base") for _, row in self.ranked.iterrows()]
@@ -504,7 +506,8 @@ class Report:
         if self.base_model:
             fingerprint = self.groups.set_index("group").loc[self.baseline, "fingerprint"]
             items = (base_model_evaluation(self.complete, fingerprint) or {}).get("exact_match_items")
-            row = {"group": "base model (no adapter)", **self.base_model, "exact_match_cell": share_cell(self.base_model.get("exact_match"), items),
+            row = {"group": "base model (no adapter)", **self.base_model, "val_loss_cell": format_number(self.base_model.get("val_loss")),
+                   "exact_match_cell": share_cell(self.base_model.get("exact_match"), items),
                    "ifeval_cell": share_cell(self.base_model.get("ifeval"), self.base_model.get("ifeval_prompts"))}
             table = pd.concat([table, pd.DataFrame([row])], ignore_index=True)
         return table

@@ -213,7 +213,7 @@ def test_ifeval_beside_the_loss_with_paired_intervals_and_the_one_verdict(output
     assert fine_tuned.endswith("; IFEval 8% -> 25% of 24 prompts (+16.7 pt [" + fine_tuned.split("(+16.7 pt [")[1])
     assert "no difference shown, the interval includes zero)." in fine_tuned
     md = write_report(rep, outputs, None).read_text()
-    assert "IFEval vs base model [95 %]" in md.split("## All findings")[0]  # in the short table, beside the loss
+    assert "IFEval vs base [95 %]" in md.split("## All findings")[0]  # in the short table, beside the loss
     assert (outputs / "report_figures" / "IFEval_against_the_base_model.png").stat().st_size > 1000
 
 
