@@ -54,6 +54,8 @@ COLAB_STAGES = ("training", "unsloth", "export")  # what lab2.ipynb installs on 
 SOURCE_BUILDS = {
     "llama-cpp-python": "PyPI has no binary wheel: the export stage compiles llama.cpp, with its output shown",
     "rouge-score": "a pure-Python sdist that builds in seconds",
+    # lm-eval's own `ifeval` extra (lab2.ifeval's scorer detects a reply's language with it)
+    "langdetect": "a pure-Python sdist (1.0.9 has no wheel on PyPI) that builds in about 2 s",
 }
 # Seeded at Colab's versions in the rehearsal kernel: what a Colab kernel runs, and what lab2 uses of it
 # (with every other package of lab2's pin set that Colab has, see `seeded_packages`).
@@ -334,6 +336,12 @@ def rehearse(workdir: str | Path, params_path: str = "params/tiny_random/steps_1
         details["kernel"]["precision"] = first.get("precision")
         checks["kernel: the notebook's 4-bit path trained nf4 weights, and its export passed the chain check"] = (
             (first.get("precision") or {}).get("weights") == "nf4" and ((first.get("export") or {}).get("merge") or {}).get("ok") is True)
+        scored = [((first.get("eval") or {}) if who == "tuned" else ((first.get("eval") or {}).get("base") or {})).get("ifeval") or {}
+                  for who in ("tuned", "base")]
+        details["kernel"]["ifeval"] = [{k: v for k, v in found.items() if k != "per_prompt"} for found in scored]
+        checks["kernel: IFEval scored offline by lm-eval's checkers, fine-tuned and base on the same prompts"] = (
+            all(found.get("prompts") == SHORT_RUN["eval"]["ifeval_prompts"] and len(found.get("per_prompt", [])) == found.get("prompts")
+                for found in scored) and scored[0].get("prompts_fingerprint") == scored[1].get("prompts_fingerprint"))
         checks["kernel: Colab's packages outside lab2's list untouched"] = not moved
         checks["kernel: a restarted kernel starts with Colab's ipykernel and IPython"] = (
             restarted["ipykernel"] == seeded["ipykernel"] and restarted["ipython"] == seeded["ipython"] and restarted["imported_at_start"])
