@@ -7,8 +7,8 @@ std is the noise. Each run is also compared with the baseline on the same conver
 difference of the aggregate loss with a bootstrap 95 % interval over conversations
 (`paired_comparison`). The two make one verdict per row, by the rule in `VERDICT_RULE` (`verdict`).
 Exact match and IFEval get the same paired interval over their scored items, against the baseline and
-against the base model, under the same rule with their own seed noise (`share_comparison`). Runs whose evaluation split differs from the baseline's
-(split fingerprint) are never ranked with it. Where the runs' tokenizers differ, a nat per token
+against the base model, under the same rule with their own seed noise (`share_comparison`). Runs whose
+evaluation split differs from the baseline's (split fingerprint) are never ranked with it. Where the runs' tokenizers differ, a nat per token
 means different things, so they are ranked on bits per byte of reply text instead. Reads results only.
 """
 
