@@ -125,7 +125,7 @@ def ifeval_figures(scores: dict | None) -> dict:
 
 METRICS = ["train_loss", "val_loss", "val_bpb", "test_loss", "perplexity", "bleu", "rouge_l", "exact_match", *IFEVAL_FIGURES,
            "time_s", "s_per_step", "tokens_per_s", "peak_mem_mb", "weights_mb", "train_rows", "epochs"]
-BASE_METRICS = ("val_loss", "test_loss", "perplexity", "bleu", "rouge_l", "exact_match")
+BASE_METRICS = ("val_loss", "test_loss", "perplexity", "bleu", "rouge_l", "exact_match", "exact_match_items")
 
 
 def runs_table(complete: list[dict]) -> pd.DataFrame:

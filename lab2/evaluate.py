@@ -305,10 +305,10 @@ def shares_against_base(results: dict) -> list[str]:
 
     lines = []
     for prefix, (name, _) in SHARES.items():
-        found = share_pair(share_items([results], prefix), share_items([results["base"]], prefix), None)
+        tuned = share_items([results], prefix)
+        found = share_pair(tuned, share_items([results["base"]], prefix), None)
         if found["verdict"] != "not recorded":
-            items = len(share_items([results], prefix)[0])
-            lines.append(f"{name} fine-tuned minus base on the same {items} items: {100 * found['delta']:+.1f} points "
+            lines.append(f"{name} fine-tuned minus base on the same {len(tuned[0])} items: {100 * found['delta']:+.1f} points "
                          f"[{100 * found['low']:+.1f}, {100 * found['high']:+.1f}] (95 %): {found['verdict']}")
     return lines
 

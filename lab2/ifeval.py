@@ -111,23 +111,25 @@ def score(prompts: list[dict], replies: list[str]) -> dict:
     from langdetect import DetectorFactory
 
     per_prompt, state = [], random.getstate()
-    for prompt, reply in zip(prompts, replies, strict=True):
-        random.seed(prompt["key"])  # the same draw for this prompt every time; the process's state is restored below
-        DetectorFactory.seed = 0
-        example = checkers.InputExample(key=prompt["key"], instruction_id_list=prompt["instruction_id_list"],
-                                        prompt=prompt["prompt"], kwargs=prompt["kwargs"])
-        strict = checkers.test_instruction_following_strict(example, reply)
-        loose = checkers.test_instruction_following_loose(example, reply)
-        per_prompt.append({
-            "key": prompt["key"],
-            "instructions": list(prompt["instruction_id_list"]),
-            "strict": bool(strict.follow_all_instructions),
-            "loose": bool(loose.follow_all_instructions),
-            "strict_instructions": [bool(x) for x in strict.follow_instruction_list],
-            "loose_instructions": [bool(x) for x in loose.follow_instruction_list],
-            "reply": reply,
-        })
-    random.setstate(state)
+    try:
+        for prompt, reply in zip(prompts, replies, strict=True):
+            random.seed(prompt["key"])  # the same draw for this prompt every time; the process's state is restored below
+            DetectorFactory.seed = 0
+            example = checkers.InputExample(key=prompt["key"], instruction_id_list=prompt["instruction_id_list"],
+                                            prompt=prompt["prompt"], kwargs=prompt["kwargs"])
+            strict = checkers.test_instruction_following_strict(example, reply)
+            loose = checkers.test_instruction_following_loose(example, reply)
+            per_prompt.append({
+                "key": prompt["key"],
+                "instructions": list(prompt["instruction_id_list"]),
+                "strict": bool(strict.follow_all_instructions),
+                "loose": bool(loose.follow_all_instructions),
+                "strict_instructions": [bool(x) for x in strict.follow_instruction_list],
+                "loose_instructions": [bool(x) for x in loose.follow_instruction_list],
+                "reply": reply,
+            })
+    finally:
+        random.setstate(state)
     instructions = sum(len(p["instructions"]) for p in per_prompt)
 
     def share(values) -> float | None:
@@ -172,12 +174,11 @@ def evaluate(model, tokenizer, eval_cfg) -> dict | None:
             "prompts_fingerprint": prompts_fingerprint(prompts), "seconds": time.perf_counter() - start}
 
 
-def expected_seconds(model, tokenizer, eval_cfg) -> float:
+def expected_seconds(model, tokenizer, eval_cfg, prompts: list[dict]) -> float:
     """One model's IFEval time on this machine, roughly: the first batch generated for 2 and for 10 tokens
     separates reading the prompts from each new token, and every batch is priced at the full reply length.
     Replies that stop early take less, later tokens of a long reply more (SmolLM2, 24 prompts of up to 128
     tokens on 2 cores: 21 s estimated, 27 s taken)."""
-    prompts = chosen_prompts(eval_cfg.ifeval_prompts) if eval_cfg.ifeval_prompts != 0 else []
     if not prompts:
         return 0.0
     batch = as_conversations(prompts[: eval_cfg.batch_size])
@@ -197,8 +198,8 @@ def cost_line(model, tokenizer, eval_cfg) -> str:
     """IFEval's work and its time on this machine, printed before it starts."""
     if eval_cfg.ifeval_prompts == 0:
         return "IFEval off (eval.ifeval_prompts: 0)."
-    count = len(chosen_prompts(eval_cfg.ifeval_prompts))
-    seconds = expected_seconds(model, tokenizer, eval_cfg)
-    return (f"IFEval on {count} prompts of up to {eval_cfg.ifeval_max_new_tokens} new tokens, batches of {eval_cfg.batch_size}: "
+    prompts = chosen_prompts(eval_cfg.ifeval_prompts)
+    seconds = expected_seconds(model, tokenizer, eval_cfg, prompts)
+    return (f"IFEval on {len(prompts)} prompts of up to {eval_cfg.ifeval_max_new_tokens} new tokens, batches of {eval_cfg.batch_size}: "
             f"about {seconds:.0f} s for this model" + (" and as much for the base model, unless a sibling run already "
                                                               "evaluated it." if eval_cfg.compare_base else "."))

@@ -14,7 +14,7 @@ import pandas as pd
 import yaml
 
 from lab2.comparison import (
-    BEST_COMBINATION_NAME, MEASURES, NOISE_MULTIPLE, VERDICT_RULE, base_model_evaluation, base_model_row, best_combination, best_run, configs_by_group, factor_effects,
+    BEST_COMBINATION_NAME, MEASURES, NOISE_MULTIPLE, VERDICT_RULE, base_model_row, best_combination, best_run, configs_by_group, factor_effects,
     group_of, load_runs, paired_difference, per_conversation, rank_groups,
 )
 from lab2.plots import plot_cost_vs_benefit, plot_ifeval, plot_loss_curves, plot_paired_differences, plot_val_loss_by_factor
@@ -104,6 +104,15 @@ def share_change(row, prefix: str) -> str:
     """'+17.6 pt [-5.9, +41.2]: no difference shown, the interval includes zero', or '' without an interval."""
     cell = points_cell(row, prefix)
     return "" if cell == "-" else f"{cell}: {SHARE_WORDS[row[f'{prefix}_verdict']]}"
+
+
+def share_from_base(name: str, base_model: dict, row, key: str, items_key: str, unit: str, prefix: str) -> str:
+    """'; IFEval 21% -> 33% of 24 prompts (+12.5 pt [+2.8, +23.6]: within the seed noise)', or '' where either
+    side has no such share."""
+    if base_model.get(key) is None or pd.isna(row[key]):
+        return ""
+    interval = share_change(row, prefix)
+    return f"; {name} {base_model[key]:.0%} -> {row[key]:.0%} of {row[items_key]:.0f} {unit}" + (f" ({interval})" if interval else "")
 
 
 def share_cell(share, items) -> str:
@@ -240,7 +249,9 @@ def data_findings(complete: list[dict], ranked: pd.DataFrame, baseline: str, mea
 
 
 def base_model_line(base_model: dict) -> str:
-    formats = {**{c.key: c.fmt for c in COLUMNS if c.fmt}, "exact_match": ".1%", "ifeval": ".1%", "ifeval_prompts": ".0f"}  # as text with items in the table
+    # the table shows these as text with their item counts; here each on its own
+    formats = {**{c.key: c.fmt for c in COLUMNS if c.fmt}, "exact_match": ".1%", "exact_match_items": ".0f", "ifeval": ".1%",
+               "ifeval_prompts": ".0f"}
     return "Base model (adapter off, same split): " + ", ".join(
         f"{k} {format_number(v, formats.get(k, '.4f'))}" for k, v in base_model.items())
 
@@ -400,16 +411,8 @@ def glance_findings(ranked: pd.DataFrame, baseline: str, noise: float | None, ba
                  + ("." if best["group"] == baseline else f" against the baseline's {base[measure]:.4f}."))
     if base_model and base_model.get(measure) is not None:
         delta = base[measure] - base_model[measure]
-        em = ""
-        if base_model.get("exact_match") is not None and not pd.isna(base["exact_match"]):
-            interval = share_change(base, "em_vs_base")
-            em = (f"; exact match {base_model['exact_match']:.0%} -> {base['exact_match']:.0%} of {base['exact_match_items']:.0f} items"
-                  + (f" ({interval})" if interval else ""))
-        follows = ""
-        if base_model.get("ifeval") is not None and not pd.isna(base["ifeval"]):
-            interval = share_change(base, "ifeval_vs_base")
-            follows = (f"; IFEval {base_model['ifeval']:.0%} -> {base['ifeval']:.0%} of {base['ifeval_prompts']:.0f} prompts"
-                       + (f" ({interval})" if interval else ""))
+        em = share_from_base("exact match", base_model, base, "exact_match", "exact_match_items", "items", "em_vs_base")
+        follows = share_from_base("IFEval", base_model, base, "ifeval", "ifeval_prompts", "prompts", "ifeval_vs_base")
         lines.append(f"Fine-tuned against the base model (adapter off): {name} {base_model[measure]:.4f} -> {base[measure]:.4f} "
                      f"for the baseline ({100 * delta / base_model[measure]:+.1f} %){em}{follows}.")
     why = {"within noise": "within the noise", "noise unknown": "noise unknown", "unclear": "the paired interval includes zero"}
@@ -482,11 +485,9 @@ class Report:
         self.ranked["paired"] = [paired_cell(row) for _, row in self.ranked.iterrows()]
         self.ranked["val_loss_cell"] = [f"{m:.4f}" + ("" if pd.isna(sd) else f" ± {sd:.4f}") for m, sd in zip(self.ranked["val_loss"], self.ranked["val_loss_std"])]
         self.ranked["exact_match_cell"] = [share_cell(s, n) for s, n in zip(self.ranked["exact_match"], self.ranked["exact_match_items"])]
-        self.ranked["em_paired"] = [points_cell(row, "em_paired") for _, row in self.ranked.iterrows()]
-        self.ranked["em_vs_base"] = [points_cell(row, "em_vs_base") for _, row in self.ranked.iterrows()]
         self.ranked["ifeval_cell"] = [share_cell(s, n) for s, n in zip(self.ranked["ifeval"], self.ranked["ifeval_prompts"])]
-        self.ranked["ifeval_paired"] = [points_cell(row, "ifeval_paired") for _, row in self.ranked.iterrows()]
-        self.ranked["ifeval_vs_base"] = [points_cell(row, "ifeval_vs_base") for _, row in self.ranked.iterrows()]
+        for prefix in ("em_paired", "em_vs_base", "ifeval_paired", "ifeval_vs_base"):  # "+5.9 pt [-17.6, +29.4]"
+            self.ranked[prefix] = [points_cell(row, prefix) for _, row in self.ranked.iterrows()]
         self.ranked["vs_base_pct"] = self.ranked[f"{self.measure}_vs_base_pct"]
         fingerprint = self.groups.set_index("group").loc[self.baseline, "fingerprint"]
         self.base_model = base_model_row(self.complete, fingerprint)
@@ -504,11 +505,10 @@ class Report:
         """Every registry column of the ranked groups, the base model (adapter off) last."""
         table = self.ranked[[c.key for c in COLUMNS]].copy()
         if self.base_model:
-            fingerprint = self.groups.set_index("group").loc[self.baseline, "fingerprint"]
-            items = (base_model_evaluation(self.complete, fingerprint) or {}).get("exact_match_items")
-            row = {"group": "base model (no adapter)", **self.base_model, "val_loss_cell": format_number(self.base_model.get("val_loss")),
-                   "exact_match_cell": share_cell(self.base_model.get("exact_match"), items),
-                   "ifeval_cell": share_cell(self.base_model.get("ifeval"), self.base_model.get("ifeval_prompts"))}
+            base = self.base_model
+            row = {"group": "base model (no adapter)", **base, "val_loss_cell": format_number(base.get("val_loss")),
+                   "exact_match_cell": share_cell(base.get("exact_match"), base.get("exact_match_items")),
+                   "ifeval_cell": share_cell(base.get("ifeval"), base.get("ifeval_prompts"))}
             table = pd.concat([table, pd.DataFrame([row])], ignore_index=True)
         return table
 
