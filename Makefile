@@ -88,6 +88,7 @@ bench: setup $(VENV)/.test $(TINY)/config.json $(SMOL)/config.json
 	$(PY) bench/train_throughput.py --params params/smol/baseline.yaml --out bench/results/train_throughput_smol.json
 	$(PY) bench/fixed_cost.py
 	$(PY) bench/eval_batching.py
+	$(PY) bench/ifeval_generation.py
 	$(PY) bench/export_1b.py --keep
 	$(PY) bench/qlora_memory.py
 	$(PY) bench/merge_routes.py

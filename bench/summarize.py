@@ -110,6 +110,15 @@ def main() -> None:
     else:
         lines += ["", "GPU (Unsloth vs hf backend on the 1B architecture): not measured yet, no GPU has been lent to a session.",
                   "`make bench-gpu` measures it on one CUDA GPU: seconds per step, useful tokens/s, peak memory and MFU per backend."]
+    if i := load("ifeval_generation"):
+        lines += ["", f"IFEval generation, `bench/ifeval_generation.py` ({i['model']}, {i['prompts']} IFEval prompts, greedy, up to "
+                  f"{i['max_new_tokens']} new tokens; {i['machine']}). Same prompts, one run; the evaluation's route is "
+                  f"{i['evaluation_route']}, and only a route whose replies are its replies scores the same model:", "",
+                  "| route | seconds | reply tokens/s | vs the evaluation's route | replies identical to it | IFEval (prompt, strict) |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {name} | {r['seconds']:.1f} | {r['tokens_per_second']:.1f} | {r['speedup_vs_evaluation']:.2f}x | "
+                  f"{r['identical_replies_vs_evaluation']:.0%} | {r['prompt_strict']:.1%} |" for name, r in i["routes"].items()]
+        lines += ["", f"Fastest route that keeps the evaluation's replies: {i['fastest_route_keeping_the_replies']}."]
     Path("docs").mkdir(exist_ok=True)
     Path("docs/benchmarks.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -274,16 +274,13 @@ def sample_answers(results: dict) -> str:
     return "\n\n".join(blocks)
 
 
-IFEVAL_KEYS = ("prompt_strict", "prompt_loose", "instruction_strict", "instruction_loose")
-
-
 def comparison_table(results: dict) -> str:
     """Fine-tuned against base, as a small text table (IFEval's four accuracies under `ifeval_`)."""
     def flat(found: dict) -> dict:
-        return {**found, **{f"ifeval_{k}": (found.get("ifeval") or {}).get(k) for k in IFEVAL_KEYS}}
+        return {**found, **{f"ifeval_{k}": (found.get("ifeval") or {}).get(k) for k in ifeval.AGGREGATES}}
 
     figures, base = flat(results), flat(results["base"]) if results.get("base") else None
-    keys = ["val_loss", "test_loss", "perplexity", "bleu", "rouge_l", "exact_match", *(f"ifeval_{k}" for k in IFEVAL_KEYS)]
+    keys = ["val_loss", "test_loss", "perplexity", "bleu", "rouge_l", "exact_match", *(f"ifeval_{k}" for k in ifeval.AGGREGATES)]
     keys = [k for k in keys if figures.get(k) is not None]
     width = max(len(k) for k in keys) + 2
     lines = [f"{'metric':<{width}}{'fine-tuned':>12}" + (f"{'base':>12}{'change':>10}" if base else "")]

@@ -295,28 +295,63 @@ def identical_share(answers: list[str], reference: list[str]) -> float | None:
 
 
 def evaluated_model_figures(exp_dir: Path, metrics: dict, cfg: ExperimentConfig, tokenizer, test, split_fingerprint: str) -> dict:
-    """The model as evaluated, on the export's test conversations: the evaluation's own recorded
-    per-conversation NLL and greedy answers (the figures the report shows), or, where the run has no
-    evaluation on this split, the same model (base at its training precision + adapter) measured now."""
+    """The model as evaluated, on the export's test conversations, sample prompts and IFEval prompts: the
+    evaluation's own records (the figures the report shows) where they answered the same work, and what
+    they do not cover measured now on the same model (base at its training precision + adapter)."""
+    from lab2 import ifeval
     from lab2.data import IGNORE_INDEX
 
     recorded = metrics.get("eval") or {}
     figures = (recorded.get("per_conversation") or {}).get("test") or {}
     tokens = [sum(1 for label in row[1:] if label != IGNORE_INDEX) for row in test["labels"]]
     same_prompts = [s["prompt"] for s in recorded.get("samples") or []] == list(cfg.eval.prompts)  # today's eval.prompts
+    wants_ifeval = cfg.eval.ifeval_prompts != 0
+    recorded_ifeval = recorded.get("ifeval") if ifeval.same_work(recorded.get("ifeval"), cfg.eval) else None
     if recorded.get("split_fingerprint") == split_fingerprint and figures.get("tokens", [])[: len(tokens)] == tokens and same_prompts:
-        return {"nll": figures["nll"][: len(tokens)], "tokens": tokens, "answers": [s["output"] for s in recorded["samples"]],
-                "precision": recorded.get("precision") or metrics.get("precision"), "source": "the recorded evaluation"}
+        found = {"nll": figures["nll"][: len(tokens)], "tokens": tokens, "answers": [s["output"] for s in recorded["samples"]],
+                 "precision": recorded.get("precision") or metrics.get("precision"), "source": "the recorded evaluation"}
+        if recorded_ifeval or not wants_ifeval:
+            return {**found, "ifeval": recorded_ifeval}
+    else:
+        found = None
     from lab2 import evaluate, generation, modeling
 
     model = modeling.load_trained_model(cfg, exp_dir / "adapter")
-    loss = evaluate.response_loss(model, test, tokenizer.pad_token_id, cfg.eval.batch_size)["per_conversation"]
-    answers = generation.generate_replies(model, tokenizer, [[{"role": "user", "content": p}] for p in cfg.eval.prompts],
-                                        cfg.eval.max_new_tokens, cfg.eval.batch_size)
-    figures = {"nll": loss["nll"], "tokens": loss["tokens"], "answers": answers, "precision": modeling.precision_of(model),
-               "source": "measured at export (no evaluation of this split and these prompts recorded)"}
+    if found is None:
+        loss = evaluate.response_loss(model, test, tokenizer.pad_token_id, cfg.eval.batch_size)["per_conversation"]
+        answers = generation.generate_replies(model, tokenizer, [[{"role": "user", "content": p}] for p in cfg.eval.prompts],
+                                            cfg.eval.max_new_tokens, cfg.eval.batch_size)
+        found = {"nll": loss["nll"], "tokens": loss["tokens"], "answers": answers, "precision": modeling.precision_of(model),
+                 "source": "measured at export (no evaluation of this split and these prompts recorded)"}
+    if wants_ifeval and recorded_ifeval is None:
+        print(f"{cfg.experiment}: its evaluation scored other IFEval prompts or lengths; scoring the model as evaluated on today's")
+        recorded_ifeval = {**ifeval.evaluate(model, tokenizer, cfg.eval), "source": "measured at export"}
     del model
-    return figures
+    return {**found, "ifeval": recorded_ifeval}
+
+
+def gguf_ifeval(path: Path, tokenizer, eval_cfg, tokens_per_second: float) -> dict:
+    """IFEval of a GGUF file through llama.cpp, in its own embedded template, greedy, on the evaluation's
+    prompts and length: the file students upload, scored as the model was."""
+    from lab2 import gguf_chat, ifeval
+
+    prompts = ifeval.chosen_prompts(eval_cfg.ifeval_prompts)
+    print(f"IFEval of {path.name}: {len(prompts)} prompts of up to {eval_cfg.ifeval_max_new_tokens} new tokens, one at a time "
+          f"through llama.cpp: at most about {len(prompts) * eval_cfg.ifeval_max_new_tokens / tokens_per_second:.0f} s")
+    llm = gguf_chat.load(path, ifeval.context_length(tokenizer, prompts, eval_cfg.ifeval_max_new_tokens))
+    start = time.perf_counter()
+    replies = [a["output"] for a in greedy_answers(llm, [p["prompt"] for p in prompts], eval_cfg.ifeval_max_new_tokens)]
+    del llm
+    return ifeval.record(prompts, replies, eval_cfg.ifeval_max_new_tokens, time.perf_counter() - start)
+
+
+def ifeval_against_evaluated(gguf: dict, evaluated: dict) -> dict:
+    """The GGUF's IFEval (prompt level, strict) minus the evaluated model's, paired on the same prompts,
+    with its bootstrap 95 % interval over prompts (one model quantized: no seed noise enters)."""
+    from lab2.comparison import share_items, share_pair
+
+    pair = share_pair(share_items([{"ifeval": gguf}], "ifeval"), share_items([{"ifeval": evaluated}], "ifeval"), None)
+    return {k: pair[k] for k in ("delta", "low", "high")}
 
 
 def mean_nll(figures: dict) -> float:
@@ -325,18 +360,27 @@ def mean_nll(figures: dict) -> float:
 
 def export_chain(export: dict) -> list[dict]:
     """evaluated -> merged -> each GGUF, one row per step: perplexity, its change from the step it is checked
-    against, that step's band and verdict, and the share of greedy sample answers identical to that step's."""
+    against, that step's band and verdict, the share of greedy sample answers identical to that step's, and
+    IFEval where it was scored (the model as evaluated, and the file students upload against it)."""
+    def ifeval_cells(found: dict | None, against: dict | None = None) -> dict:
+        if not found:
+            return {}
+        return {"ifeval": found["prompt_strict"], "ifeval_prompts": found["prompts"],
+                **{f"ifeval_vs_evaluated_{k}": v for k, v in (against or {}).items()}}
+
     merge = export.get("merge")
     rows = []
     if merge:
-        rows.append({"step": "evaluated", "model": merge["evaluated_model"], "perplexity": merge["evaluated_perplexity"]})
+        rows.append({"step": "evaluated", "model": merge["evaluated_model"], "perplexity": merge["evaluated_perplexity"],
+                     **ifeval_cells(merge.get("evaluated_ifeval"))})
         rows.append({"step": "merged", "model": f"merged ({merge['route']}), saved in fp16", "against": "evaluated",
                      "perplexity": export["hf_perplexity"], "change_pct": merge["perplexity_vs_evaluated_pct"],
                      "limit_pct": merge["limit_pct"], "ok": merge["ok"], "identical_answers": merge["identical_answers"]})
     for fmt, check in export["formats"].items():
         rows.append({"step": fmt, "model": check["file"], "against": "merged", "perplexity": check["perplexity"],
                      "change_pct": check["perplexity_vs_hf_pct"], "limit_pct": check.get("fidelity_limit_pct"),
-                     "ok": check.get("fidelity_ok"), "identical_answers": check.get("identical_answers_vs_hf")})
+                     "ok": check.get("fidelity_ok"), "identical_answers": check.get("identical_answers_vs_hf"),
+                     **ifeval_cells(check.get("ifeval"), check.get("ifeval_vs_evaluated"))})
     return rows
 
 
@@ -378,7 +422,8 @@ def todays_config(trained: ExperimentConfig, sweep_dir: str | Path | None) -> Ex
 def export_settings(cfg: ExperimentConfig, formats: list[str], num_perplexity_samples: int) -> dict:
     """Everything an export depends on besides the adapter: a change to any of it re-exports."""
     return {"export": cfg.to_dict()["export"], "formats": sorted(formats), "prompts": list(cfg.eval.prompts),
-            "max_new_tokens": cfg.eval.max_new_tokens, "num_perplexity_samples": num_perplexity_samples}
+            "max_new_tokens": cfg.eval.max_new_tokens, "num_perplexity_samples": num_perplexity_samples,
+            "ifeval_prompts": cfg.eval.ifeval_prompts, "ifeval_max_new_tokens": cfg.eval.ifeval_max_new_tokens}
 
 
 def export_experiment(exp_dir: Path, formats: list[str], num_perplexity_samples: int = 16, sweep_dir: str | Path | None = None) -> dict:
@@ -387,7 +432,7 @@ def export_experiment(exp_dir: Path, formats: list[str], num_perplexity_samples:
     (config hash) and those settings (the export key) are unchanged."""
     import torch
 
-    from lab2 import data, evaluate, generation, modeling
+    from lab2 import data, evaluate, generation, ifeval, modeling
 
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or "f16" not in formats:
@@ -447,6 +492,7 @@ def export_experiment(exp_dir: Path, formats: list[str], num_perplexity_samples:
         "evaluated_source": evaluated["source"],
         "evaluated_precision": precision,
         "evaluated_perplexity": math.exp(evaluated_loss),
+        "evaluated_ifeval": evaluated["ifeval"] and {k: evaluated["ifeval"][k] for k in ("prompts", *ifeval.AGGREGATES)},
         "perplexity_vs_evaluated_pct": 100 * (math.exp(hf_loss - evaluated_loss) - 1),
         "identical_answers": identical_share(hf_answers, evaluated["answers"]),
     }
@@ -463,6 +509,10 @@ def export_experiment(exp_dir: Path, formats: list[str], num_perplexity_samples:
     judge_fidelity(checks)
     preferred = "q4_k_m" if "q4_k_m" in files else formats[-1]
     write_modelfile(gguf_dir, files[preferred].name, tokenizer)
+    if evaluated["ifeval"]:
+        shipped = checks[preferred]
+        shipped["ifeval"] = gguf_ifeval(files[preferred], tokenizer, cfg.eval, shipped["generation_tokens_per_second"])
+        shipped["ifeval_vs_evaluated"] = ifeval_against_evaluated(shipped["ifeval"], evaluated["ifeval"])
 
     export = {
         "formats": checks,

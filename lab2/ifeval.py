@@ -32,6 +32,7 @@ DATA_PACKAGE = "eval_framework"
 DATA_FILE = Path("tasks/ifeval/data/input_data.jsonl")
 PROMPTS_IN_BENCHMARK = 541
 SUBSET_SEED = 0  # one fixed subset for every run of every sweep, so runs are paired on the same prompts
+AGGREGATES = ("prompt_strict", "prompt_loose", "instruction_strict", "instruction_loose")  # the benchmark's four
 
 
 class IFEvalUnavailable(RuntimeError):
@@ -158,6 +159,13 @@ def as_conversations(prompts: list[dict]) -> list[list[dict]]:
     return [[{"role": "user", "content": p["prompt"]}] for p in prompts]
 
 
+def context_length(tokenizer, prompts: list[dict], max_new_tokens: int) -> int:
+    """The context a one-prompt-at-a-time generator (llama.cpp) needs: the longest prompt in the model's chat
+    template plus the longest reply."""
+    return max_new_tokens + max(len(tokenizer.apply_chat_template(c, add_generation_prompt=True, return_dict=True)["input_ids"])
+                                for c in as_conversations(prompts))
+
+
 # --------------------------------------------------------------------------- one model's IFEval
 
 
@@ -168,10 +176,22 @@ def evaluate(model, tokenizer, eval_cfg) -> dict | None:
         return None
     start = time.perf_counter()
     prompts = chosen_prompts(eval_cfg.ifeval_prompts)
-    replies = generate_replies(model, tokenizer, as_conversations(prompts), eval_cfg.ifeval_max_new_tokens, eval_cfg.batch_size)
-    return {**score(prompts, replies), "max_new_tokens": eval_cfg.ifeval_max_new_tokens,
+    replies = generate_replies(model, tokenizer, as_conversations(prompts), eval_cfg.ifeval_max_new_tokens, eval_cfg.ifeval_batch_size)
+    return record(prompts, replies, eval_cfg.ifeval_max_new_tokens, time.perf_counter() - start)
+
+
+def record(prompts: list[dict], replies: list[str], max_new_tokens: int, seconds: float) -> dict:
+    """The IFEval record of replies from any route (HF generation, a GGUF through llama.cpp): the scores,
+    and which prompts at which length, so two records are compared only on the same work."""
+    return {**score(prompts, replies), "max_new_tokens": max_new_tokens,
             "subset_seed": SUBSET_SEED if len(prompts) < PROMPTS_IN_BENCHMARK else None,
-            "prompts_fingerprint": prompts_fingerprint(prompts), "seconds": time.perf_counter() - start}
+            "prompts_fingerprint": prompts_fingerprint(prompts), "seconds": seconds}
+
+
+def same_work(found: dict | None, eval_cfg) -> bool:
+    """True when an IFEval record answered today's prompts (`eval.ifeval_prompts`) at today's length."""
+    return bool(found) and found.get("max_new_tokens") == eval_cfg.ifeval_max_new_tokens and \
+        found.get("prompts_fingerprint") == prompts_fingerprint(chosen_prompts(eval_cfg.ifeval_prompts))
 
 
 def expected_seconds(model, tokenizer, eval_cfg, prompts: list[dict]) -> float:
@@ -181,17 +201,17 @@ def expected_seconds(model, tokenizer, eval_cfg, prompts: list[dict]) -> float:
     tokens on 2 cores: 21 s estimated, 27 s taken)."""
     if not prompts:
         return 0.0
-    batch = as_conversations(prompts[: eval_cfg.batch_size])
+    batch = as_conversations(prompts[: eval_cfg.ifeval_batch_size])
 
     def timed(tokens: int) -> float:
         start = time.perf_counter()
-        generate_replies(model, tokenizer, batch, tokens, eval_cfg.batch_size, min_new_tokens=tokens)
+        generate_replies(model, tokenizer, batch, tokens, eval_cfg.ifeval_batch_size, min_new_tokens=tokens)
         return time.perf_counter() - start
 
     short, long = timed(2), timed(10)
     per_token = max(long - short, 0.0) / 8
     prompt_reading = max(short - 2 * per_token, 0.0)
-    return math.ceil(len(prompts) / eval_cfg.batch_size) * (prompt_reading + per_token * eval_cfg.ifeval_max_new_tokens)
+    return math.ceil(len(prompts) / eval_cfg.ifeval_batch_size) * (prompt_reading + per_token * eval_cfg.ifeval_max_new_tokens)
 
 
 def cost_line(model, tokenizer, eval_cfg) -> str:
@@ -200,6 +220,6 @@ def cost_line(model, tokenizer, eval_cfg) -> str:
         return "IFEval off (eval.ifeval_prompts: 0)."
     prompts = chosen_prompts(eval_cfg.ifeval_prompts)
     seconds = expected_seconds(model, tokenizer, eval_cfg, prompts)
-    return (f"IFEval on {len(prompts)} prompts of up to {eval_cfg.ifeval_max_new_tokens} new tokens, batches of {eval_cfg.batch_size}: "
+    return (f"IFEval on {len(prompts)} prompts of up to {eval_cfg.ifeval_max_new_tokens} new tokens, batches of {eval_cfg.ifeval_batch_size}: "
             f"about {seconds:.0f} s for this model" + (" and as much for the base model, unless a sibling run already "
                                                               "evaluated it." if eval_cfg.compare_base else "."))

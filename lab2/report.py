@@ -363,7 +363,8 @@ def html_table(text: pd.DataFrame, extra: dict[str, list[str]] | None = None) ->
 
 def chain_frame(chain: list[dict]) -> pd.DataFrame:
     """An export's steps (evaluated -> merged -> each GGUF) as one small table: each step against the one
-    it is checked against, its band, and the share of greedy sample answers identical to that step's."""
+    it is checked against, its band, the share of greedy sample answers identical to that step's, and
+    IFEval of the model as evaluated and of the file students upload, paired on the same prompts."""
     rows = []
     for row in chain:
         checked = "against" in row
@@ -373,8 +374,12 @@ def chain_frame(chain: list[dict]) -> pd.DataFrame:
             "band": ("-" if row.get("limit_pct") is None else f"±{row['limit_pct']:g} %") if checked else "",
             "verdict": {True: "ok", False: "FAILED", None: "-"}[row.get("ok")] if checked else "",
             "same answers": "" if row.get("identical_answers") is None else f"{row['identical_answers']:.0%}",
+            "IFEval (prompt, strict)": share_cell(row["ifeval"], row["ifeval_prompts"]) if "ifeval" in row else "",
+            "IFEval vs evaluated [95 %]": points_cell(row, "ifeval_vs_evaluated") if "ifeval_vs_evaluated_delta" in row else "",
         })
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    # IFEval where the export scored it: an export without it keeps the table it always had
+    return frame if any("ifeval" in row for row in chain) else frame.drop(columns=["IFEval (prompt, strict)", "IFEval vs evaluated [95 %]"])
 
 
 def paired_cell(row) -> str:

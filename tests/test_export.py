@@ -1,5 +1,6 @@
 """GGUF export of the tiny model end to end (`make export` in the swept checkout), fidelity included, and refusals."""
 
+import math
 import shutil
 import subprocess
 import sys
@@ -46,6 +47,46 @@ def test_make_export_runs_the_notebook_and_writes_three_faithful_formats(exporte
     assert f"FROM ./{name}.q4_k_m.gguf" in modelfile and 'PARAMETER stop "<|eot_id|>"' in modelfile
     generation = (exported / "merged" / "generation_config.json").read_text()
     assert '"eos_token_id": 128009' in generation
+    # IFEval of the file students upload (Q4_K_M, through llama.cpp), on the prompts the run was evaluated on.
+    evaluated = runs.read_metrics(exported)["eval"]["ifeval"]
+    shipped = formats["q4_k_m"]["ifeval"]
+    assert "ifeval" not in formats["f16"] and "ifeval" not in formats["q8_0"]
+    assert shipped["prompts_fingerprint"] == evaluated["prompts_fingerprint"] and shipped["prompts"] == evaluated["prompts"] == 3
+    assert [p["key"] for p in shipped["per_prompt"]] == [p["key"] for p in evaluated["per_prompt"]]
+    assert all(isinstance(p["reply"], str) for p in shipped["per_prompt"])
+    vs = formats["q4_k_m"]["ifeval_vs_evaluated"]
+    assert vs["delta"] == pytest.approx(shipped["prompt_strict"] - evaluated["prompt_strict"]) and vs["low"] <= vs["delta"] <= vs["high"]
+    assert export["merge"]["evaluated_ifeval"]["prompt_strict"] == evaluated["prompt_strict"]
+    assert "IFEval vs evaluated [95 %]" in printed
+
+
+def test_the_shipped_files_ifeval_is_paired_with_the_evaluated_models_on_the_same_prompts():
+    """Two records of the same four prompts: the GGUF passes two the evaluated model did not, fails one it
+    passed. The chain shows both shares and the paired difference (+25 pt) with an interval around it."""
+    from lab2.export import export_chain, ifeval_against_evaluated
+    from lab2.report import chain_frame
+
+    def record(passed):
+        return {"prompts": len(passed), "prompt_strict": sum(passed) / len(passed),
+                "per_prompt": [{"key": key, "strict": ok} for key, ok in zip((1, 2, 3, 4), passed)]}
+
+    evaluated, gguf = record([True, False, False, False]), record([False, True, True, False])
+    vs = ifeval_against_evaluated(gguf, evaluated)
+    assert vs["delta"] == pytest.approx(0.25) and vs["low"] < 0.25 < vs["high"]
+    unpaired = ifeval_against_evaluated(record([True, True, False, False]), record([True, True, False]))  # other prompts
+    assert set(unpaired) == {"delta", "low", "high"} and all(math.isnan(v) for v in unpaired.values())
+    check = {"file": "m.q4_k_m.gguf", "perplexity": 2.0, "perplexity_vs_hf_pct": 1.0, "ifeval": gguf, "ifeval_vs_evaluated": vs}
+    export = {"merge": {"evaluated_model": "base in bf16 + adapter", "evaluated_perplexity": 1.9, "evaluated_ifeval": evaluated,
+                        "route": "as trained", "perplexity_vs_evaluated_pct": 0.1, "limit_pct": 1.0, "ok": True, "identical_answers": 1.0},
+              "hf_perplexity": 1.9, "formats": {"f16": {"file": "m.f16.gguf", "perplexity": 1.9, "perplexity_vs_hf_pct": 0.0},
+                                                "q4_k_m": check}}
+    frame = chain_frame(export_chain(export)).set_index("step")
+    assert frame.loc["evaluated", "IFEval (prompt, strict)"] == "25.0 % of 4"
+    assert frame.loc["q4_k_m", "IFEval (prompt, strict)"] == "50.0 % of 4"
+    assert frame.loc["q4_k_m", "IFEval vs evaluated [95 %]"].startswith("+25.0 pt [")
+    assert frame.loc["f16", "IFEval (prompt, strict)"] == frame.loc["merged", "IFEval vs evaluated [95 %]"] == ""
+    del export["formats"]["q4_k_m"], export["merge"]["evaluated_ifeval"]
+    assert "IFEval (prompt, strict)" not in chain_frame(export_chain(export)).columns  # no IFEval scored: the table as it was
 
 
 def test_a_format_outside_its_band_fails_make_export_in_one_line(exported, tmp_path):
