@@ -6,8 +6,9 @@ different lengths). Seed repeats of one configuration form a group (mean +- std)
 std is the noise. Each run is also compared with the baseline on the same conversations: the
 difference of the aggregate loss with a bootstrap 95 % interval over conversations
 (`paired_comparison`). The two make one verdict per row, by the rule in `VERDICT_RULE` (`verdict`).
-Exact match and IFEval get the same paired interval over their scored items, against the baseline and
-against the base model, under the same rule with their own seed noise (`share_comparison`). Runs whose
+Exact match, IFEval and the knowledge benchmark (`SHARES`) get the same paired interval over their scored
+items, against the baseline and against the base model, under the same rule with their own seed noise
+(`share_comparison`). Runs whose
 evaluation split differs from the baseline's (split fingerprint) are never ranked with it. Where the runs' tokenizers differ, a nat per token
 means different things, so they are ranked on bits per byte of reply text instead. Reads results only.
 """
@@ -15,6 +16,8 @@ means different things, so they are ranked on bits per byte of reply text instea
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -101,6 +104,7 @@ def run_row(metrics: dict) -> dict:
         "exact_match": evaluation.get("exact_match"),
         "exact_match_items": evaluation.get("exact_match_items"),
         **ifeval_figures(evaluation.get("ifeval")),
+        **knowledge_figures(evaluation.get("knowledge")),
         "time_s": train["training_time_seconds"],
         "s_per_step": (train["training_time_seconds"] - train.get("periodic_eval_seconds", 0.0)) / max(train["total_steps"], 1),
         "tokens_per_s": train["tokens_per_second"],
@@ -119,12 +123,20 @@ IFEVAL_FIGURES = {"ifeval": "prompt_strict", "ifeval_loose": "prompt_loose", "if
                   "ifeval_inst_loose": "instruction_loose", "ifeval_prompts": "prompts"}
 
 
+# The knowledge benchmark's two accuracies (lab2.knowledge; acc_norm is the one compared) and its question count.
+KNOWLEDGE_FIGURES = {"knowledge": "acc_norm", "knowledge_acc": "acc", "knowledge_questions": "questions"}
+
+
 def ifeval_figures(scores: dict | None) -> dict:
     return {column: (scores or {}).get(key) for column, key in IFEVAL_FIGURES.items()}
 
 
+def knowledge_figures(scores: dict | None) -> dict:
+    return {column: (scores or {}).get(key) for column, key in KNOWLEDGE_FIGURES.items()}
+
+
 METRICS = ["train_loss", "val_loss", "val_bpb", "test_loss", "perplexity", "bleu", "rouge_l", "exact_match", *IFEVAL_FIGURES,
-           "time_s", "s_per_step", "tokens_per_s", "peak_mem_mb", "weights_mb", "train_rows", "epochs"]
+           *KNOWLEDGE_FIGURES, "time_s", "s_per_step", "tokens_per_s", "peak_mem_mb", "weights_mb", "train_rows", "epochs"]
 BASE_METRICS = ("val_loss", "test_loss", "perplexity", "bleu", "rouge_l", "exact_match", "exact_match_items")
 
 
@@ -139,7 +151,8 @@ def group_table(table: pd.DataFrame) -> pd.DataFrame:
     settings = table.groupby("group", dropna=False)[["steps", "lr", "r", "alpha", "batch", "weights", "fingerprint", "tokenizer", "exact_match_items"]].first()
     means = table.groupby("group")[METRICS].mean()
     spread = table.groupby("group")["val_loss"].agg(seeds="count", val_loss_std="std")
-    other_spread = table.groupby("group")[["val_bpb", "exact_match", "ifeval"]].std().add_suffix("_std")  # each measure's own seed noise
+    own_noise = ["val_bpb", *(share.column for share in SHARES.values())]
+    other_spread = table.groupby("group")[own_noise].std().add_suffix("_std")  # each measure's own seed noise
     return settings.join(means).join(spread).join(other_spread).reset_index()
 
 
@@ -257,9 +270,24 @@ def with_verdicts(ranked: pd.DataFrame, baseline: str, noise: float | None) -> p
 # Measures that are a share of items passed, each item scored for every run and the base model: exact
 # match (the test conversations with one right answer) and IFEval (its prompts, strict, prompt level).
 # Each gets the paired interval and the one verdict, against the baseline and against the base model.
+@dataclass(frozen=True)
+class Share:
+    """A measure that is a share of items passed (right answers, IFEval prompts, benchmark questions): where
+    the table holds it, what one item is, and each item's result in an evaluation record."""
+    column: str  # the share in the runs' table
+    items_column: str  # how many items it was scored on
+    name: str  # in words, for findings and lines
+    unit: str  # what an item is
+    per_item: Callable[[dict], list[tuple]]  # an evaluation -> [(item key, 0.0 or 1.0)]
+
+
 SHARES = {
-    "em": ("exact_match", lambda ev: [(r["prompt"], float(r["correct"])) for r in ev.get("references") or [] if "correct" in r]),
-    "ifeval": ("ifeval", lambda ev: [(p["key"], float(p["strict"])) for p in (ev.get("ifeval") or {}).get("per_prompt") or []]),
+    "em": Share("exact_match", "exact_match_items", "exact match", "items",
+                lambda ev: [(r["prompt"], float(r["correct"])) for r in ev.get("references") or [] if "correct" in r]),
+    "ifeval": Share("ifeval", "ifeval_prompts", "IFEval", "prompts",
+                    lambda ev: [(p["key"], float(p["strict"])) for p in (ev.get("ifeval") or {}).get("per_prompt") or []]),
+    "knowledge": Share("knowledge", "knowledge_questions", "knowledge (ARC, acc_norm)", "questions",
+                       lambda ev: [(q["id"], float(q["acc_norm"])) for q in (ev.get("knowledge") or {}).get("per_question") or []]),
 }
 
 
@@ -268,7 +296,7 @@ def share_items(evaluations: list[dict | None], prefix: str) -> tuple[tuple, np.
     None where one has no per-item record or they scored different items."""
     rows = []
     for evaluation in evaluations:
-        scored = SHARES[prefix][1](evaluation or {})
+        scored = SHARES[prefix].per_item(evaluation or {})
         if not scored:
             return None
         rows.append(scored)
@@ -308,7 +336,7 @@ def share_comparison(complete: list[dict], ranked: pd.DataFrame, baseline: str, 
     def items(group: str):
         return share_items([m.get("eval") for m in complete if group_of(m) == group], prefix)
 
-    noise = seed_noise(groups, SHARES[prefix][0])
+    noise = seed_noise(groups, SHARES[prefix].column)
     fingerprint = ranked.set_index("group").loc[baseline, "fingerprint"]
     base_model = share_items([base_model_evaluation(complete, fingerprint)], prefix)
     baseline_items = items(baseline)
@@ -325,7 +353,8 @@ def share_comparison(complete: list[dict], ranked: pd.DataFrame, baseline: str, 
 def base_model_row(complete: list[dict], fingerprint: str) -> dict | None:
     """The base model's figures (adapter off), from any run on the same split."""
     base = base_model_evaluation(complete, fingerprint)
-    return None if base is None else {**{k: base.get(k) for k in BASE_METRICS}, **ifeval_figures(base.get("ifeval"))}
+    return None if base is None else {**{k: base.get(k) for k in BASE_METRICS}, **ifeval_figures(base.get("ifeval")),
+                                      **knowledge_figures(base.get("knowledge"))}
 
 
 # --------------------------------------------------------------------------- factors

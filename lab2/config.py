@@ -176,6 +176,10 @@ class EvalSection(_Section):
     # same replies (bench/ifeval_generation.py: SmolLM2 in float32 on 2 cores, 24 prompts, identical replies
     # at batch 1, 8, 16 and 24, and batch 24 the fastest).
     ifeval_batch_size: PositiveInt = 32
+    # Knowledge kept or lost (lab2.knowledge): questions of a multiple-choice benchmark scored by log-likelihood
+    # through lm-eval's harness (0: none; null: all; fewer: one fixed seeded subset, the same for every run).
+    knowledge_questions: NonNegativeInt | None = 0
+    knowledge_task: Literal["arc_easy", "arc_challenge"] = "arc_easy"
 
 
 class ExportSection(_Section):

@@ -8,6 +8,8 @@
 - `exact_match`: on the test conversations whose last reply has one right answer (the data's
   `answer`), the share of generated replies that state it.
 - IFEval (`lab2.ifeval`): instruction following, checked by lm-eval's code on a fixed set of prompts.
+- The knowledge benchmark (`lab2.knowledge`): ARC questions scored by log-likelihood through lm-eval's
+  harness, so a run that forgot what the base model knew shows it.
 - `evaluate_model`: all of the above for one model; with a peft model,
   `with model.disable_adapter()` gives the base model under the same code.
 """
@@ -21,7 +23,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from lab2 import ifeval
+from lab2 import ifeval, knowledge
 from lab2.data import IGNORE_INDEX
 from lab2.generation import by_length, generate_replies, in_order
 
@@ -180,6 +182,7 @@ def evaluate_model(model, tokenizer, splits, eval_cfg) -> dict:
         ],
         "samples": [{"prompt": p, "output": o} for p, o in zip(eval_cfg.prompts, samples_out)],
         "ifeval": ifeval.evaluate(model, tokenizer, eval_cfg),
+        "knowledge": knowledge.evaluate(model, tokenizer, eval_cfg),
         "eval_seconds": time.perf_counter() - start,
     }
 
@@ -277,10 +280,12 @@ def sample_answers(results: dict) -> str:
 def comparison_table(results: dict) -> str:
     """Fine-tuned against base, as a small text table (IFEval's four accuracies under `ifeval_`)."""
     def flat(found: dict) -> dict:
-        return {**found, **{f"ifeval_{k}": (found.get("ifeval") or {}).get(k) for k in ifeval.AGGREGATES}}
+        return {**found, **{f"ifeval_{k}": (found.get("ifeval") or {}).get(k) for k in ifeval.AGGREGATES},
+                **{f"knowledge_{k}": (found.get("knowledge") or {}).get(k) for k in knowledge.MEASURES}}
 
     figures, base = flat(results), flat(results["base"]) if results.get("base") else None
-    keys = ["val_loss", "test_loss", "perplexity", "bleu", "rouge_l", "exact_match", *(f"ifeval_{k}" for k in ifeval.AGGREGATES)]
+    keys = ["val_loss", "test_loss", "perplexity", "bleu", "rouge_l", "exact_match", *(f"ifeval_{k}" for k in ifeval.AGGREGATES),
+            *(f"knowledge_{k}" for k in knowledge.MEASURES)]
     keys = [k for k in keys if figures.get(k) is not None]
     width = max(len(k) for k in keys) + 2
     lines = [f"{'metric':<{width}}{'fine-tuned':>12}" + (f"{'base':>12}{'change':>10}" if base else "")]
@@ -296,16 +301,16 @@ def comparison_table(results: dict) -> str:
 
 
 def shares_against_base(results: dict) -> list[str]:
-    """Exact match and IFEval, fine-tuned minus base on the same items, with the paired 95 % interval and
+    """Exact match, IFEval and knowledge, fine-tuned minus base on the same items, with the paired 95 % interval and
     the report's verdict rule (one run: no seed noise known)."""
     from lab2.comparison import SHARES, share_items, share_pair
 
     lines = []
-    for prefix, (name, _) in SHARES.items():
+    for prefix, share in SHARES.items():
         tuned = share_items([results], prefix)
         found = share_pair(tuned, share_items([results["base"]], prefix), None)
         if found["verdict"] != "not recorded":
-            lines.append(f"{name} fine-tuned minus base on the same {len(tuned[0])} items: {100 * found['delta']:+.1f} points "
+            lines.append(f"{share.name} fine-tuned minus base on the same {len(tuned[0])} {share.unit}: {100 * found['delta']:+.1f} points "
                          f"[{100 * found['low']:+.1f}, {100 * found['high']:+.1f}] (95 %): {found['verdict']}")
     return lines
 
@@ -314,4 +319,4 @@ def work_line(model, tokenizer, splits, cfg) -> str:
     """What the evaluation of one model will do, and how long its slowest part (IFEval) will take here."""
     work = (f"Evaluating: loss on {len(splits.validation)} validation and {len(splits.test)} test conversations, "
             f"{min(cfg.eval.num_reference_samples, len(splits.test))} reference replies; ")
-    return work + ifeval.cost_line(model, tokenizer, cfg.eval)
+    return work + ifeval.cost_line(model, tokenizer, cfg.eval) + " " + knowledge.cost_line(model, tokenizer, cfg.eval)

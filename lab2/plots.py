@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import matplotlib.pyplot as plt  # no backend forced: inline in a kernel, Agg when headless
@@ -82,21 +83,21 @@ def plot_paired_differences(ranked: pd.DataFrame, noise: float | None, unit: str
     return fig
 
 
-def plot_ifeval(ranked: pd.DataFrame, base_model: dict | None):
-    """Each run's IFEval accuracy (prompt level, strict) minus the base model's on the same prompts, with
-    its bootstrap 95 % interval: right of zero, fine-tuning made the model follow instructions better."""
-    rows = ranked[ranked["ifeval_vs_base_delta"].notna()].sort_values("ifeval_vs_base_delta")
+def plot_against_base(ranked: pd.DataFrame, base_model: dict | None, prefix: str, column: str, label: str, color: str = "C2"):
+    """Each run's share (IFEval prompts passed, knowledge questions right) minus the base model's on the same
+    items, with its bootstrap 95 % interval: right of zero, the run does better than the base model."""
+    rows = ranked[ranked[f"{prefix}_vs_base_delta"].notna()].sort_values(f"{prefix}_vs_base_delta")
     fig, ax = plt.subplots(figsize=(7, 0.5 * max(len(rows), 1) + 1.6))
     y = list(range(len(rows)))
-    points = 100 * rows["ifeval_vs_base_delta"]
-    ax.errorbar(points, y, xerr=[points - 100 * rows["ifeval_vs_base_low"], 100 * rows["ifeval_vs_base_high"] - points],
-                fmt="o", capsize=4, color="C2")
+    points = 100 * rows[f"{prefix}_vs_base_delta"]
+    ax.errorbar(points, y, xerr=[points - 100 * rows[f"{prefix}_vs_base_low"], 100 * rows[f"{prefix}_vs_base_high"] - points],
+                fmt="o", capsize=4, color=color)
     ax.axvline(0, color="black", lw=1)
-    ax.set_yticks(y, [f"{g} ({v})" for g, v in zip(rows["group"], rows["ifeval_vs_base_verdict"])])  # the table's verdict
-    base = (base_model or {}).get("ifeval")
-    ax.set(xlabel="IFEval prompt-level strict accuracy minus the base model's (points; right is better)",
-           title="IFEval against the base model, same prompts (95 % intervals)"
-           + ("" if base is None else f"; base {100 * base:.1f} %"))
+    ax.set_yticks(y, [f"{g} ({v})" for g, v in zip(rows["group"], rows[f"{prefix}_vs_base_verdict"])])  # the table's verdict
+    base = (base_model or {}).get(column)
+    ax.set(xlabel=f"{label} minus the base model's (points; right is better)",
+           title=f"{label.split(' (')[0]} against the base model, same items (95 % intervals)"
+           + ("" if base is None or math.isnan(base) else f"; base {100 * base:.1f} %"))
     ax.grid(alpha=0.3, axis="x")
     fig.tight_layout()
     return fig

@@ -98,7 +98,8 @@ def tiny_base(model_dir: Path, **train) -> dict:
             "eval_steps": 2, "save_steps": 2, **train,
         },
         "eval": {"prompts": ["What is 2 plus 2?"], "num_reference_samples": 4, "max_new_tokens": 8,
-                 "ifeval_prompts": 3, "ifeval_max_new_tokens": 8},  # a few IFEval prompts: the plumbing, not a score
+                 "ifeval_prompts": 3, "ifeval_max_new_tokens": 8,  # a few IFEval prompts and ARC questions: the plumbing,
+                 "knowledge_questions": 4},                          # not a score
     }
 
 

@@ -154,9 +154,9 @@ def test_evaluate_experiment_measures_base_with_the_same_keys(lora_model, tokeni
     dataset = Dataset.from_list([{k: e[k] for k in ("input_ids", "labels")} for e in examples])
     splits = Splits(dataset, dataset, dataset, {"test": TWO_CONVERSATIONS}, {"fingerprint": "f"})
     cfg = ExperimentConfig(experiment="e", eval=EvalSection(prompts=["Hi"], num_reference_samples=2, max_new_tokens=4,
-                                                            ifeval_prompts=3, ifeval_max_new_tokens=4))
+                                                            ifeval_prompts=3, ifeval_max_new_tokens=4, knowledge_questions=3))
     results = evaluate_experiment(lora_model, tokenizer, splits, cfg)
-    keys = {"val_loss", "test_loss", "perplexity", "bleu", "rouge_l", "samples", "ifeval"}
+    keys = {"val_loss", "test_loss", "perplexity", "bleu", "rouge_l", "samples", "ifeval", "knowledge"}
     assert keys <= set(results) and keys <= set(results["base"])
     # IFEval of the fine-tuned and the base model by the same code, on the same prompts, each one recorded.
     tuned, base = results["ifeval"], results["base"]["ifeval"]
@@ -168,7 +168,12 @@ def test_evaluate_experiment_measures_base_with_the_same_keys(lora_model, tokeni
     from lab2.evaluate import comparison_table
 
     table = comparison_table(results)
-    assert "ifeval_prompt_strict" in table and "ifeval fine-tuned minus base on the same 3 items:" in table
+    assert "ifeval_prompt_strict" in table and "IFEval fine-tuned minus base on the same 3 prompts:" in table
+    # The knowledge benchmark likewise: the same questions, the base model's own log-likelihoods (adapter off).
+    tuned, base = results["knowledge"], results["base"]["knowledge"]
+    assert [q["id"] for q in tuned["per_question"]] == [q["id"] for q in base["per_question"]] and tuned["questions"] == 3
+    assert [q["loglikelihoods"] for q in tuned["per_question"]] != [q["loglikelihoods"] for q in base["per_question"]]
+    assert "knowledge_acc_norm" in table and "knowledge (ARC, acc_norm) fine-tuned minus base on the same 3 questions:" in table
     assert results["perplexity"] == pytest.approx(math.exp(results["test_loss"]))
     assert results["base"]["test_loss"] != pytest.approx(results["test_loss"])  # the adapter was really off
     assert results["samples"][0]["prompt"] == "Hi" and results["num_reference_samples"] == 2

@@ -66,8 +66,8 @@ def test_landing_page_in_a_real_browser(swept, tmp_path):
         table = page.locator("table").first  # the experiments, ranked, the base model last; the sample answers follow
         rows = table.locator("tbody tr")
         assert [rows.nth(i).locator("td").first.inner_text() for i in range(rows.count())] == [*groups, "base model (no adapter)"]
-        # paired differences, loss curves, by factor, cost against benefit, IFEval against the base model
-        assert page.locator("img[src^='report_figures/']").count() == 5
+        # paired differences, loss curves, by factor, cost against benefit, IFEval and knowledge against the base model
+        assert page.locator("img[src^='report_figures/']").count() == 6
         # At a glance, without scrolling: the ranked table, the paired-difference figure, then at most five findings.
         figure = page.locator("img[src='report_figures/paired_differences.png']")
         glance = page.locator("ul").first.locator("li")

@@ -43,7 +43,16 @@ def _ifeval(passed: int, base: bool = False) -> dict:
             "instruction_loose": passed / PROMPTS, "per_prompt": [{"key": 1000 + i, "strict": s, "loose": s} for i, s in enumerate(strict)]}
 
 
-def _run(out, name, val_loss, group=None, seed=3407, fingerprint="split-A", wobble=0.0, ifeval=6, **config):
+QUESTIONS = 40
+
+
+def _knowledge(right: int) -> dict:
+    """The knowledge benchmark on 40 questions: the first `right` answered right (acc_norm)."""
+    return {"task": "arc_easy", "questions": QUESTIONS, "acc": right / QUESTIONS, "acc_norm": right / QUESTIONS,
+            "per_question": [{"id": f"q{i}", "acc": float(i < right), "acc_norm": float(i < right)} for i in range(QUESTIONS)]}
+
+
+def _run(out, name, val_loss, group=None, seed=3407, fingerprint="split-A", wobble=0.0, ifeval=6, knowledge=None, **config):
     cfg = ExperimentConfig(experiment=name, group=group, **{"train": {"seed": seed}, **config}).to_dict()
     right = round(ITEMS * (1.0 - val_loss / 4))  # exact match follows the loss, in whole answers
     # also vary the inputs that should never be compared directly (train loss)
@@ -62,6 +71,8 @@ def _run(out, name, val_loss, group=None, seed=3407, fingerprint="split-A", wobb
                           "exact_match_items": ITEMS, "samples": [{"prompt": "What is the capital of France?", "output": "It is Paris."}],
                           "references": _references(2, "2 + 3 = 6", base=True), "ifeval": _ifeval(2, base=True)}},
     }
+    if knowledge is not None:  # the base model knows 28 of the 40
+        metrics["eval"]["knowledge"], metrics["eval"]["base"]["knowledge"] = _knowledge(knowledge), _knowledge(28)
     runs.write_json_atomic(out / name / "metrics.json", metrics)
 
 
@@ -215,6 +226,35 @@ def test_ifeval_beside_the_loss_with_paired_intervals_and_the_one_verdict(output
     md = write_report(rep, outputs, None).read_text()
     assert "IFEval vs base [95 %]" in md.split("## All findings")[0]  # in the short table, beside the loss
     assert (outputs / "report_figures" / "IFEval_against_the_base_model.png").stat().st_size > 1000
+
+
+def test_knowledge_kept_or_lost_against_the_base_model_on_the_same_questions(tmp_path):
+    """The base model knows 28 of 40 questions. The baseline's three seeds know the first 20 alike (seed noise
+    0): 8 questions lost, every one the same way, so the interval excludes zero: worse, knowledge lost.
+    rank_32 knows the same 28 as the base model: no difference."""
+    out = tmp_path / "outputs"
+    for seed, loss in [(1, 2.00), (2, 2.02), (3, 1.98)]:
+        _run(out, f"baseline-seed{seed}", loss, group="baseline", seed=seed, knowledge=20)
+    _run(out, "rank_32", 1.90, knowledge=28, lora={"r": 32, "alpha": 32})
+    rep = Report(out)
+    rows = rep.ranked.set_index("group")
+    assert rows.loc["baseline", "knowledge_vs_base_delta"] == pytest.approx(-8 / 40) and rows.loc["baseline", "knowledge_vs_base_high"] < 0
+    assert rows.loc["baseline", "knowledge_vs_base_verdict"] == "worse" and rows.loc["rank_32", "knowledge_vs_base_verdict"] == "unclear"
+    assert rows.loc["rank_32", "knowledge_paired_delta"] == pytest.approx(8 / 40) and rows.loc["rank_32", "knowledge_paired_verdict"] == "better"
+    assert rep.base_model["knowledge"] == pytest.approx(0.7) and rep.base_model["knowledge_questions"] == 40
+    table = report_formatted(rep)
+    assert table.loc["baseline", "knowledge (ARC, acc_norm)"] == "50.0 % of 40"
+    assert table.loc["base model (no adapter)", "knowledge (ARC, acc_norm)"] == "70.0 % of 40"
+    assert table.loc["baseline", "knowledge vs base [95 %]"].startswith("-20.0 pt [-")
+    text = "\n".join(rep.findings)
+    assert "the same 40 for every run and the base model; one question is 2.5 points" in text
+    assert "Fine-tuning cost knowledge beyond the noise: baseline." in text
+    assert "baseline: knowledge (ARC, acc_norm) base model 70.0% -> 50.0% (against the base model -20.0 pt [" in text and "]: lower)" in text
+    fine_tuned = next(line for line in rep.glance if line.startswith("Fine-tuned against the base model"))
+    assert "; knowledge 70% -> 50% of 40 questions (-20.0 pt [" in fine_tuned
+    md = write_report(rep, out, None).read_text()
+    assert "knowledge vs base [95 %]" in md.split("## All findings")[0]  # in the short table, beside the loss
+    assert (out / "report_figures" / "knowledge_against_the_base_model.png").stat().st_size > 1000
 
 
 def report_formatted(rep):

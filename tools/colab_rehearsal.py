@@ -47,7 +47,7 @@ SHORT_RUN = {
     "model": {"load_in_4bit": True},
     "train": {"max_steps": 6, "eval_steps": 3, "save_steps": 3, "warmup_steps": 0, "optimizer": "adamw_8bit",
               "gradient_checkpointing": True},
-    "eval": {"num_reference_samples": 4, "max_new_tokens": 16, "ifeval_prompts": 3, "ifeval_max_new_tokens": 8},
+    "eval": {"num_reference_samples": 4, "max_new_tokens": 16, "ifeval_prompts": 3, "ifeval_max_new_tokens": 8, "knowledge_questions": 4},
 }
 COLAB_STAGES = ("training", "unsloth", "export")  # what lab2.ipynb installs on a Colab GPU
 # Installed from a source archive, not a wheel, and why that is fine on Colab.
@@ -336,12 +336,17 @@ def rehearse(workdir: str | Path, params_path: str = "params/tiny_random/steps_1
         details["kernel"]["precision"] = first.get("precision")
         checks["kernel: the notebook's 4-bit path trained nf4 weights, and its export passed the chain check"] = (
             (first.get("precision") or {}).get("weights") == "nf4" and ((first.get("export") or {}).get("merge") or {}).get("ok") is True)
-        scored = [((first.get("eval") or {}) if who == "tuned" else ((first.get("eval") or {}).get("base") or {})).get("ifeval") or {}
-                  for who in ("tuned", "base")]
+        tuned_and_base = [first.get("eval") or {}, (first.get("eval") or {}).get("base") or {}]
+        scored = [evaluation.get("ifeval") or {} for evaluation in tuned_and_base]
         details["kernel"]["ifeval"] = [{k: v for k, v in found.items() if k != "per_prompt"} for found in scored]
         checks["kernel: IFEval scored offline by lm-eval's checkers, fine-tuned and base on the same prompts"] = (
             all(found.get("prompts") == SHORT_RUN["eval"]["ifeval_prompts"] and len(found.get("per_prompt", [])) == found.get("prompts")
                 for found in scored) and scored[0].get("prompts_fingerprint") == scored[1].get("prompts_fingerprint"))
+        known = [evaluation.get("knowledge") or {} for evaluation in tuned_and_base]
+        details["kernel"]["knowledge"] = [{k: v for k, v in found.items() if k != "per_question"} for found in known]
+        checks["kernel: ARC scored offline through lm-eval's harness, fine-tuned and base on the same questions"] = (
+            all(found.get("questions") == SHORT_RUN["eval"]["knowledge_questions"] and len(found.get("per_question", [])) == found.get("questions")
+                for found in known) and known[0].get("questions_fingerprint") == known[1].get("questions_fingerprint"))
         checks["kernel: Colab's packages outside lab2's list untouched"] = not moved
         checks["kernel: a restarted kernel starts with Colab's ipykernel and IPython"] = (
             restarted["ipykernel"] == seeded["ipykernel"] and restarted["ipython"] == seeded["ipython"] and restarted["imported_at_start"])
