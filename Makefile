@@ -81,8 +81,9 @@ export: setup $(VENV)/.export
 app: setup $(VENV)/.export
 	$(PY) app.py --host 127.0.0.1 $(if $(GGUF),--gguf $(GGUF),--out $(OUT) $(if $(EXP),--exp $(EXP)))
 
-# Speed and memory figures, side by side; about 14 minutes on 2 cores (4 min 35 s measured before the QLoRA memory
-# (2 min 44 s) and merge-route (6 min 14 s, given a trained run; it trains its own here) benches came). Writes bench/results/ and docs/benchmarks.md.
+# Speed and memory figures, side by side; about 18 minutes on 2 cores (4 min 35 s measured before the QLoRA memory
+# (2 min 44 s), merge-route (6 min 14 s, given a trained run; it trains its own here) and IFEval-generation (about
+# 4 min: seven routes on 24 prompts) benches came). Writes bench/results/ and docs/benchmarks.md.
 bench: setup $(VENV)/.test $(TINY)/config.json $(SMOL)/config.json
 	$(PY) bench/train_throughput.py
 	$(PY) bench/train_throughput.py --params params/smol/baseline.yaml --out bench/results/train_throughput_smol.json

@@ -101,7 +101,8 @@ def evaluate(model, tokenizer, eval_cfg) -> dict | None:
 
     start = time.perf_counter()
     task = lm_eval_task(eval_cfg.knowledge_task)
-    indices = chosen_indices(len(task.validation_docs()), eval_cfg.knowledge_questions)
+    total = len(task.validation_docs())
+    indices = chosen_indices(total, eval_cfg.knowledge_questions)
     model.eval()
     # The harness draws its progress bars on stderr, which an executed notebook shows as a red box: they go
     # to stdout for the call, still seen; its logged warnings about a model passed as an object are dropped.
@@ -115,7 +116,7 @@ def evaluate(model, tokenizer, eval_cfg) -> dict | None:
     ids = [q["id"] for q in per_question]
     return {"task": eval_cfg.knowledge_task, "questions": len(per_question),
             **{m: sum(q[m] for q in per_question) / len(per_question) for m in MEASURES},
-            "subset_seed": SUBSET_SEED if len(per_question) < len(task.validation_docs()) else None,
+            "subset_seed": SUBSET_SEED if len(per_question) < total else None,
             "questions_fingerprint": questions_fingerprint(ids), "per_question": per_question,
             "seconds": time.perf_counter() - start}
 
