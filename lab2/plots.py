@@ -83,7 +83,8 @@ def plot_paired_differences(ranked: pd.DataFrame, noise: float | None, unit: str
     return fig
 
 
-def plot_against_base(ranked: pd.DataFrame, base_model: dict | None, prefix: str, column: str, label: str, color: str = "C2"):
+def plot_against_base(ranked: pd.DataFrame, base_model: dict | None, prefix: str, column: str, name: str, measure: str, unit: str,
+                      color: str = "C2"):
     """Each run's share (IFEval prompts passed, knowledge questions right) minus the base model's on the same
     items, with its bootstrap 95 % interval: right of zero, the run does better than the base model."""
     rows = ranked[ranked[f"{prefix}_vs_base_delta"].notna()].sort_values(f"{prefix}_vs_base_delta")
@@ -95,9 +96,9 @@ def plot_against_base(ranked: pd.DataFrame, base_model: dict | None, prefix: str
     ax.axvline(0, color="black", lw=1)
     ax.set_yticks(y, [f"{g} ({v})" for g, v in zip(rows["group"], rows[f"{prefix}_vs_base_verdict"])])  # the table's verdict
     base = (base_model or {}).get(column)
-    ax.set(xlabel=f"{label} minus the base model's (points; right is better)",
-           title=f"{label.split(' (')[0]} against the base model, same items (95 % intervals)"
-           + ("" if base is None or math.isnan(base) else f"; base {100 * base:.1f} %"))
+    ax.set(xlabel=f"{measure}: run minus base model (points; right is better)",
+           title=f"{name} against the base model, same {unit}\n95 % intervals"
+           + ("" if base is None or math.isnan(base) else f"; the base model: {100 * base:.1f} %"))
     ax.grid(alpha=0.3, axis="x")
     fig.tight_layout()
     return fig

@@ -253,7 +253,8 @@ def test_knowledge_kept_or_lost_against_the_base_model_on_the_same_questions(tmp
     fine_tuned = next(line for line in rep.glance if line.startswith("Fine-tuned against the base model"))
     assert "; knowledge 70% -> 50% of 40 questions (-20.0 pt [" in fine_tuned
     md = write_report(rep, out, None).read_text()
-    assert "knowledge vs base [95 %]" in md.split("## All findings")[0]  # in the short table, beside the loss
+    assert "knowledge 70% -> 50% of 40 questions" in md.split("## All findings")[0]  # at a glance, in the line on the base model
+    assert "knowledge vs base [95 %]" in md.split("## Experiments (best first), every column")[1].split("## Figures")[0]
     assert (out / "report_figures" / "knowledge_against_the_base_model.png").stat().st_size > 1000
 
 
