@@ -242,6 +242,26 @@ def paired_comparison(complete: list[dict], ranked: pd.DataFrame, baseline: str,
     return pd.concat([out.reset_index(drop=True), pd.DataFrame(results)], axis=1)
 
 
+# A two-sided 95 % interval, and the power a design is judged by: a true difference of (1.96 + 0.84) standard
+# errors gives an interval that excludes zero 4 times in 5.
+Z_95, Z_POWER_80 = 1.96, 0.84
+
+
+def minimum_detectable_difference(ranked: pd.DataFrame, noise: float | None) -> dict | None:
+    """The smallest difference from the baseline that this sweep's design would call better or worse about 4
+    times in 5: the larger of the seed band (`NOISE_MULTIPLE` sigma, which the verdict requires) and 2.8
+    standard errors of a paired difference (the standard error from the median width of this sweep's paired
+    intervals, each 2 x 1.96 of them). None where no paired interval was measured."""
+    widths = (ranked["paired_high"] - ranked["paired_low"]).dropna()
+    if widths.empty:
+        return None
+    standard_error = float(widths.median()) / (2 * Z_95)
+    interval_band = (Z_95 + Z_POWER_80) * standard_error
+    seed_band = None if noise is None else NOISE_MULTIPLE * noise
+    return {"mdd": max(interval_band, seed_band or 0.0), "paired_standard_error": standard_error,
+            "interval_band": interval_band, "seed_band": seed_band}
+
+
 def verdict(delta: float, paired_low: float, paired_high: float, noise: float | None) -> tuple[str, str]:
     """(the row's one verdict, why), by `VERDICT_RULE`; lower is better."""
     if math.isnan(paired_low):

@@ -14,8 +14,8 @@ import pandas as pd
 import yaml
 
 from lab2.comparison import (
-    BEST_COMBINATION_NAME, MEASURES, NOISE_MULTIPLE, SHARES, VERDICT_RULE, base_model_row, best_combination, best_run, configs_by_group, factor_effects,
-    group_of, load_runs, paired_difference, per_conversation, rank_groups,
+    BEST_COMBINATION_NAME, MEASURES, NOISE_MULTIPLE, SHARES, VERDICT_RULE, base_model_row, best_combination, best_run, configs_by_group,
+    factor_effects, group_of, load_runs, minimum_detectable_difference, paired_difference, per_conversation, rank_groups,
 )
 from lab2.plots import plot_against_base, plot_cost_vs_benefit, plot_loss_curves, plot_paired_differences, plot_val_loss_by_factor
 
@@ -29,6 +29,21 @@ def measure_line(measure: str, ranked: pd.DataFrame) -> str:
                 "means the same for all.")
     return (f"Ranked on validation bits per byte of reply text: the runs use {ranked['tokenizer'].nunique()} different tokenizers, "
             "so their per-token losses are not comparable.")
+
+
+def detectable_line(ranked: pd.DataFrame, baseline: str, noise: float | None, measure: str) -> str:
+    """What this design can see: the minimum detectable difference in the ranking measure, and what it is made of."""
+    found = minimum_detectable_difference(ranked, noise)
+    if found is None:
+        return ""
+    unit = "nats per token" if measure == "val_loss" else "bits per byte"
+    base = ranked.set_index("group").loc[baseline, measure]
+    seed = ("seed noise unknown (no configuration repeated), so this is a floor" if found["seed_band"] is None
+            else f"{NOISE_MULTIPLE:g} sigma of seed noise ({found['seed_band']:.4f})")
+    return (f"Minimum detectable difference: about {found['mdd']:.4f} {unit} ({100 * found['mdd'] / base:.1f} % of the baseline's), "
+            f"the larger of {seed} and 2.8 paired standard errors ({found['interval_band']:.4f}, from the median width of this "
+            "sweep's paired intervals). A true difference that large is called better or worse about 4 times in 5; a smaller one "
+            "mostly reads unclear or within noise, so no difference shown is not no difference.")
 
 
 def findings(ranked: pd.DataFrame, effects: dict[str, pd.DataFrame], baseline: str, noise: float | None,
@@ -469,7 +484,7 @@ def write_markdown(path: Path, report: "Report", figures: dict[str, str], best_f
     parts = ["# Experiment report", "",
              f"Runs are ranked on {MEASURES[measure]} (held-out, the same conversations for all), as mean over seeds where repeated. "
              "`paired` is the difference from the baseline on the same conversations with its bootstrap 95 % interval. "
-             f"{VERDICT_RULE} Training loss, BLEU and ROUGE-L are shown but not compared: runs of different lengths "
+             f"{VERDICT_RULE} {report.detectable} Training loss, BLEU and ROUGE-L are shown but not compared: runs of different lengths "
              "end at different points of the schedule, and the reference scores reward imitating the held-out replies.", "",
              markdown_table(glance_table(report)), "",
              *[f"- {line}" for line in report.glance], "",
@@ -529,8 +544,9 @@ class Report:
         self.base_model = base_model_row(self.complete, fingerprint)
         self.effects = factor_effects(self.complete, self.ranked, self.baseline)
         self.glance = glance_findings(self.ranked, self.baseline, self.noise, self.base_model, self.measure)
-        self.findings = [measure_line(self.measure, self.ranked)]
-        self.findings += findings(self.ranked, self.effects, self.baseline, self.noise, self.base_model, self.measure)
+        self.detectable = detectable_line(self.ranked, self.baseline, self.noise, self.measure)
+        noise_line, *rest = findings(self.ranked, self.effects, self.baseline, self.noise, self.base_model, self.measure)
+        self.findings = [measure_line(self.measure, self.ranked), noise_line, *([self.detectable] if self.detectable else []), *rest]
         self.findings += ifeval_findings(self.ranked, self.baseline, self.base_model)
         self.findings += knowledge_findings(self.ranked, self.baseline, self.base_model)
         self.findings += data_findings(self.complete, self.ranked, self.baseline, self.measure)

@@ -258,6 +258,34 @@ def test_knowledge_kept_or_lost_against_the_base_model_on_the_same_questions(tmp
     assert (out / "report_figures" / "knowledge_against_the_base_model.png").stat().st_size > 1000
 
 
+def test_the_minimum_detectable_difference_is_the_larger_of_the_seed_band_and_the_paired_intervals():
+    """Paired intervals 0.2, 0.4 and 0.6 wide: a standard error of 0.4 / 3.92 from the median, 2.8 of them 0.2857.
+    With a seed sigma of 0.2 the verdict's band (0.4) is larger and decides; with no repeats the intervals alone."""
+    import pandas as pd
+
+    from lab2.comparison import minimum_detectable_difference
+
+    ranked = pd.DataFrame({"group": ["baseline", "a", "b", "c"], "paired_low": [math.nan, -0.5, -0.1, 0.0],
+                           "paired_high": [math.nan, -0.3, 0.3, 0.6]})
+    found = minimum_detectable_difference(ranked, 0.2)
+    assert found["paired_standard_error"] == pytest.approx(0.4 / 3.92) and found["interval_band"] == pytest.approx(2.8 * 0.4 / 3.92)
+    assert found["seed_band"] == pytest.approx(0.4) and found["mdd"] == pytest.approx(0.4)
+    assert minimum_detectable_difference(ranked, None)["mdd"] == pytest.approx(0.2857, abs=1e-4)
+    assert minimum_detectable_difference(ranked.iloc[:1], 0.2) is None  # nothing compared
+
+
+def test_the_report_states_what_its_design_can_detect(outputs):
+    rep = Report(outputs)
+    from lab2.comparison import minimum_detectable_difference
+
+    found = minimum_detectable_difference(rep.ranked, rep.noise)
+    assert found["seed_band"] == pytest.approx(2 * 0.02) and found["mdd"] == max(found["seed_band"], found["interval_band"])
+    assert rep.detectable.startswith(f"Minimum detectable difference: about {found['mdd']:.4f} nats per token")
+    assert rep.findings[2] == rep.detectable  # right after the seed noise it is built from
+    md = write_report(rep, outputs, None).read_text()
+    assert rep.detectable in md.split("| group |")[0]  # the report's first lines, above the table
+
+
 def report_formatted(rep):
     from lab2.report import columns_for, formatted
 
