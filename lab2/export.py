@@ -492,7 +492,8 @@ def export_experiment(exp_dir: Path, formats: list[str], num_perplexity_samples:
         "evaluated_source": evaluated["source"],
         "evaluated_precision": precision,
         "evaluated_perplexity": math.exp(evaluated_loss),
-        "evaluated_ifeval": evaluated["ifeval"] and {k: evaluated["ifeval"][k] for k in ("prompts", *ifeval.AGGREGATES)},
+        "evaluated_ifeval": evaluated["ifeval"] and {**{k: evaluated["ifeval"][k] for k in ("prompts", *ifeval.AGGREGATES)},
+                                                     "source": evaluated["ifeval"].get("source", "the recorded evaluation")},
         "perplexity_vs_evaluated_pct": 100 * (math.exp(hf_loss - evaluated_loss) - 1),
         "identical_answers": identical_share(hf_answers, evaluated["answers"]),
     }

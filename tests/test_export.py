@@ -138,17 +138,20 @@ def test_export_follows_todays_params_and_redoes_only_what_changed(swept, tmp_pa
 
     params = Path("params/base.yaml")
     base = yaml.safe_load(params.read_text())
-    base["eval"]["prompts"] = ["Name a colour."]
+    base["eval"]["prompts"], base["eval"]["ifeval_prompts"] = ["Name a colour."], 2
     params.write_text(yaml.safe_dump(base))
     before = (out / name / "gguf" / f"{name}.q4_k_m.gguf").stat().st_mtime_ns
     second = export_experiment(out / name, ["f16", "q4_k_m"], 4, sweep)
-    assert "exporting again: prompts changed" in capsys.readouterr().out
+    assert "exporting again: prompts, ifeval_prompts changed" in capsys.readouterr().out
     recorded = runs.read_metrics(out / name)["export"]
     assert recorded["settings"]["prompts"] == second["settings"]["prompts"] == ["Name a colour."]
     assert [s["prompt"] for s in recorded["hf_samples"]] == ["Name a colour."]
     assert [s["prompt"] for s in recorded["formats"]["q4_k_m"]["samples"]] == ["Name a colour."]
     # The evaluation answered the old prompts, so the model as evaluated was measured again on the new ones.
     assert recorded["merge"]["evaluated_source"].startswith("measured at export") and recorded["merge"]["ok"]
+    # Its evaluation scored 3 IFEval prompts: the model as evaluated and the Q4_K_M file are scored on today's 2.
+    assert recorded["merge"]["evaluated_ifeval"]["prompts"] == recorded["formats"]["q4_k_m"]["ifeval"]["prompts"] == 2
+    assert recorded["merge"]["evaluated_ifeval"]["source"] == "measured at export"
     assert (out / name / "gguf" / f"{name}.q4_k_m.gguf").stat().st_mtime_ns > before
     assert recorded["export_key"] != first["export_key"]
 
