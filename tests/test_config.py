@@ -124,6 +124,23 @@ def test_shipped_params_are_valid(demo_model):
     assert len(experiment_files([REPO / "params" / "tiny_random"])) >= 4
 
 
+def test_every_sweep_meant_for_a_cpu_scores_a_subset_of_ifeval():
+    """params/base.yaml asks for all 541 IFEval prompts at 1280 tokens, a GPU's work (params/lab2). A sweep
+    meant for a CPU must ask for a subset, or its first evaluation takes hours (params/smol_data did not)."""
+    import yaml
+
+    folders = sorted(p for p in (REPO / "params").rglob("*") if p.is_dir() and "lab2" not in p.relative_to(REPO / "params").parts)
+    checked = 0
+    for path in experiment_files(folders):
+        merged: dict = {}
+        for layer in [*base_chain(path), path]:
+            merged = deep_merge(merged, yaml.safe_load(layer.read_text()) or {})
+        assert merged["eval"]["ifeval_prompts"] is not None and merged["eval"]["ifeval_prompts"] <= 48, path
+        assert merged["eval"]["ifeval_max_new_tokens"] <= 128, path
+        checked += 1
+    assert checked >= 12  # tiny_random, smol (qlora included) and smol_data
+
+
 def test_shards_split_a_sweep_without_overlap_and_do_not_move_when_a_file_is_added():
     from pathlib import Path
 
