@@ -371,8 +371,8 @@ COLUMNS = (
     Column("ifeval_cell", "IFEval (prompt, strict)", glance=True), Column("ifeval_vs_base", "IFEval vs base [95 %]", glance=True),
     Column("ifeval_paired", "IFEval vs baseline [95 %]"), Column("ifeval_loose", "IFEval (prompt, loose)", ".1%"),
     Column("ifeval_inst", "IFEval (instruction, strict)", ".1%"), Column("ifeval_inst_loose", "IFEval (instruction, loose)", ".1%"),
-    # Knowledge is a guard against forgetting: at a glance in the findings' line on the base model (the short
-    # table is as wide as a laptop's screen allows), here and in its figure whole.
+    # Knowledge guards against forgetting. The short table is as wide as a laptop's screen allows, so at a
+    # glance knowledge is in the line on the base model; in full here and in its figure.
     Column("knowledge_cell", "knowledge (ARC, acc_norm)"), Column("knowledge_vs_base", "knowledge vs base [95 %]"),
     Column("knowledge_paired", "knowledge vs baseline [95 %]"), Column("knowledge_acc", "knowledge (ARC, acc)", ".1%"),
     Column("time_s", "train s", ".1f"), Column("s_per_step", "s/step", ".2f"), Column("tokens_per_s", "tokens/s", ".0f"),
