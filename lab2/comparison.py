@@ -8,9 +8,9 @@ difference of the aggregate loss with a bootstrap 95 % interval over conversatio
 (`paired_comparison`). The two make one verdict per row, by the rule in `VERDICT_RULE` (`verdict`).
 Exact match, IFEval and the knowledge benchmark (`SHARES`) get the same paired interval over their scored
 items, against the baseline and against the base model, under the same rule with their own seed noise
-(`share_comparison`). Runs whose
-evaluation split differs from the baseline's (split fingerprint) are never ranked with it. Where the runs' tokenizers differ, a nat per token
-means different things, so they are ranked on bits per byte of reply text instead. Reads results only.
+(`share_comparison`). Runs whose evaluation split differs from the baseline's (split fingerprint) are
+never ranked with it. Where the runs' tokenizers differ, a nat per token means different things, so
+they are ranked on bits per byte of reply text instead. Reads results only.
 """
 
 from __future__ import annotations
@@ -103,8 +103,7 @@ def run_row(metrics: dict) -> dict:
         "rouge_l": evaluation.get("rouge_l"),
         "exact_match": evaluation.get("exact_match"),
         "exact_match_items": evaluation.get("exact_match_items"),
-        **ifeval_figures(evaluation.get("ifeval")),
-        **knowledge_figures(evaluation.get("knowledge")),
+        **benchmark_figures(evaluation),
         "time_s": train["training_time_seconds"],
         "s_per_step": (train["training_time_seconds"] - train.get("periodic_eval_seconds", 0.0)) / max(train["total_steps"], 1),
         "tokens_per_s": train["tokens_per_second"],
@@ -118,25 +117,24 @@ def run_row(metrics: dict) -> dict:
     }
 
 
-# IFEval's four accuracies (lab2.ifeval) and its prompt count, by the table's column names.
-IFEVAL_FIGURES = {"ifeval": "prompt_strict", "ifeval_loose": "prompt_loose", "ifeval_inst": "instruction_strict",
-                  "ifeval_inst_loose": "instruction_loose", "ifeval_prompts": "prompts"}
+# The benchmarks' figures by the table's column names: IFEval's four accuracies and its prompt count
+# (lab2.ifeval), the knowledge benchmark's two accuracies and its question count (lab2.knowledge; acc_norm
+# is the one compared).
+BENCHMARK_FIGURES = {
+    "ifeval": {"ifeval": "prompt_strict", "ifeval_loose": "prompt_loose", "ifeval_inst": "instruction_strict",
+               "ifeval_inst_loose": "instruction_loose", "ifeval_prompts": "prompts"},
+    "knowledge": {"knowledge": "acc_norm", "knowledge_acc": "acc", "knowledge_questions": "questions"},
+}
 
 
-# The knowledge benchmark's two accuracies (lab2.knowledge; acc_norm is the one compared) and its question count.
-KNOWLEDGE_FIGURES = {"knowledge": "acc_norm", "knowledge_acc": "acc", "knowledge_questions": "questions"}
+def benchmark_figures(evaluation: dict) -> dict:
+    """Each benchmark record's figures in an evaluation (a run's or the base model's), None where not scored."""
+    return {column: (evaluation.get(record) or {}).get(key) for record, columns in BENCHMARK_FIGURES.items()
+            for column, key in columns.items()}
 
 
-def ifeval_figures(scores: dict | None) -> dict:
-    return {column: (scores or {}).get(key) for column, key in IFEVAL_FIGURES.items()}
-
-
-def knowledge_figures(scores: dict | None) -> dict:
-    return {column: (scores or {}).get(key) for column, key in KNOWLEDGE_FIGURES.items()}
-
-
-METRICS = ["train_loss", "val_loss", "val_bpb", "test_loss", "perplexity", "bleu", "rouge_l", "exact_match", *IFEVAL_FIGURES,
-           *KNOWLEDGE_FIGURES, "time_s", "s_per_step", "tokens_per_s", "peak_mem_mb", "weights_mb", "train_rows", "epochs"]
+METRICS = ["train_loss", "val_loss", "val_bpb", "test_loss", "perplexity", "bleu", "rouge_l", "exact_match",
+           *(column for columns in BENCHMARK_FIGURES.values() for column in columns), "time_s", "s_per_step", "tokens_per_s", "peak_mem_mb", "weights_mb", "train_rows", "epochs"]
 BASE_METRICS = ("val_loss", "test_loss", "perplexity", "bleu", "rouge_l", "exact_match", "exact_match_items")
 
 
@@ -288,8 +286,9 @@ def with_verdicts(ranked: pd.DataFrame, baseline: str, noise: float | None) -> p
 
 
 # Measures that are a share of items passed, each item scored for every run and the base model: exact
-# match (the test conversations with one right answer) and IFEval (its prompts, strict, prompt level).
-# Each gets the paired interval and the one verdict, against the baseline and against the base model.
+# match (the test conversations with one right answer), IFEval (its prompts, strict, prompt level) and the
+# knowledge benchmark (its questions, acc_norm). Each gets the paired interval and the one verdict, against
+# the baseline and against the base model.
 @dataclass(frozen=True)
 class Share:
     """A measure that is a share of items passed (right answers, IFEval prompts, benchmark questions): where
@@ -350,7 +349,7 @@ def base_model_evaluation(complete: list[dict], fingerprint: str) -> dict | None
 
 
 def share_comparison(complete: list[dict], ranked: pd.DataFrame, baseline: str, groups: pd.DataFrame, prefix: str) -> pd.DataFrame:
-    """`ranked` with each group's share (exact match or IFEval) against the baseline (`<prefix>_paired_*`)
+    """`ranked` with each group's share (exact match, IFEval, knowledge) against the baseline (`<prefix>_paired_*`)
     and against the base model (`<prefix>_vs_base_*`) on the same items: the difference with its bootstrap
     95 % interval over items, and the one verdict, with that share's own seed noise."""
     def items(group: str):
@@ -373,8 +372,7 @@ def share_comparison(complete: list[dict], ranked: pd.DataFrame, baseline: str, 
 def base_model_row(complete: list[dict], fingerprint: str) -> dict | None:
     """The base model's figures (adapter off), from any run on the same split."""
     base = base_model_evaluation(complete, fingerprint)
-    return None if base is None else {**{k: base.get(k) for k in BASE_METRICS}, **ifeval_figures(base.get("ifeval")),
-                                      **knowledge_figures(base.get("knowledge"))}
+    return None if base is None else {**{k: base.get(k) for k in BASE_METRICS}, **benchmark_figures(base)}
 
 
 # --------------------------------------------------------------------------- factors

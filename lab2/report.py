@@ -121,13 +121,15 @@ def share_change(row, prefix: str) -> str:
     return "" if cell == "-" else f"{cell}: {SHARE_WORDS[row[f'{prefix}_verdict']]}"
 
 
-def share_from_base(name: str, base_model: dict, row, key: str, items_key: str, unit: str, prefix: str) -> str:
+def share_from_base(name: str, base_model: dict, row, prefix: str) -> str:
     """'; IFEval 21% -> 33% of 24 prompts (+12.5 pt [+2.8, +23.6]: within the seed noise)', or '' where either
-    side has no such share."""
+    side has no such share (`prefix`: its key in `SHARES`)."""
+    share = SHARES[prefix]
+    key = share.column
     if base_model.get(key) is None or pd.isna(row[key]):
         return ""
-    interval = share_change(row, prefix)
-    return f"; {name} {base_model[key]:.0%} -> {row[key]:.0%} of {row[items_key]:.0f} {unit}" + (f" ({interval})" if interval else "")
+    interval = share_change(row, f"{prefix}_vs_base")
+    return f"; {name} {base_model[key]:.0%} -> {row[key]:.0%} of {row[share.items_column]:.0f} {share.unit}" + (f" ({interval})" if interval else "")
 
 
 def share_cell(share, items) -> str:
@@ -461,11 +463,10 @@ def glance_findings(ranked: pd.DataFrame, baseline: str, noise: float | None, ba
                  + ("." if best["group"] == baseline else f" against the baseline's {base[measure]:.4f}."))
     if base_model and base_model.get(measure) is not None:
         delta = base[measure] - base_model[measure]
-        em = share_from_base("exact match", base_model, base, "exact_match", "exact_match_items", "items", "em_vs_base")
-        follows = share_from_base("IFEval", base_model, base, "ifeval", "ifeval_prompts", "prompts", "ifeval_vs_base")
-        knows = share_from_base("knowledge", base_model, base, "knowledge", "knowledge_questions", "questions", "knowledge_vs_base")
+        shares = "".join(share_from_base(word, base_model, base, prefix)
+                         for prefix, word in (("em", "exact match"), ("ifeval", "IFEval"), ("knowledge", "knowledge")))
         lines.append(f"Fine-tuned against the base model (adapter off): {name} {base_model[measure]:.4f} -> {base[measure]:.4f} "
-                     f"for the baseline ({100 * delta / base_model[measure]:+.1f} %){em}{follows}{knows}.")
+                     f"for the baseline ({100 * delta / base_model[measure]:+.1f} %){shares}.")
     why = {"within noise": "within the noise", "noise unknown": "noise unknown", "unclear": "the paired interval includes zero"}
     unsettled = others[others["verdict"].isin(list(why))]
     if len(unsettled):
