@@ -46,7 +46,15 @@ VERDICT_RULE = (
     "includes zero (or no per-conversation losses were recorded)."
 )
 BOOTSTRAP_SAMPLES = 2000
-MEASURES = {"val_loss": "validation loss per token (nats)", "val_bpb": "validation bits per byte of reply text"}
+MEASURES = {"val_loss": "validation loss per token (nats)", "val_bpb": "validation bits per byte of reply text",
+            # the clean yardstick (eval.clean_min_score): the validation conversations whose references are known correct
+            "val_loss_clean": "clean validation loss per token (nats)",
+            "val_bpb_clean": "clean validation bits per byte of reply text"}
+CLEAN = "_clean"
+
+
+def unit_of(measure: str) -> str:
+    return "nats per token" if measure.startswith("val_loss") else "bits per byte"
 
 
 # --------------------------------------------------------------------------- loading
@@ -112,6 +120,9 @@ def run_row(metrics: dict) -> dict:
         "fingerprint": evaluation.get("split_fingerprint") or metrics.get("data", {}).get("fingerprint"),
         "tokenizer": evaluation.get("tokenizer_fingerprint") or metrics.get("data", {}).get("tokenizer_fingerprint"),
         "val_bpb": evaluation.get("val_bits_per_byte"),
+        "val_loss_clean": evaluation.get("val_loss_clean"),
+        "val_bpb_clean": evaluation.get("val_bits_per_byte_clean"),
+        "clean_conversations": evaluation.get("val_clean_conversations"),
         "train_rows": (metrics.get("data", {}).get("train") or {}).get("examples"),
         "epochs": metrics.get("data", {}).get("epochs"),
     }
@@ -133,9 +144,9 @@ def benchmark_figures(evaluation: dict) -> dict:
             for column, key in columns.items()}
 
 
-METRICS = ["train_loss", "val_loss", "val_bpb", "test_loss", "perplexity", "bleu", "rouge_l", "exact_match",
+METRICS = ["train_loss", "val_loss", "val_bpb", "val_loss_clean", "val_bpb_clean", "clean_conversations", "test_loss", "perplexity", "bleu", "rouge_l", "exact_match",
            *(column for columns in BENCHMARK_FIGURES.values() for column in columns), "time_s", "s_per_step", "tokens_per_s", "peak_mem_mb", "weights_mb", "train_rows", "epochs"]
-BASE_METRICS = ("val_loss", "test_loss", "perplexity", "bleu", "rouge_l", "exact_match", "exact_match_items")
+BASE_METRICS = ("val_loss", "val_loss_clean", "val_bpb_clean", "test_loss", "perplexity", "bleu", "rouge_l", "exact_match", "exact_match_items")
 
 
 def runs_table(complete: list[dict]) -> pd.DataFrame:
@@ -149,7 +160,7 @@ def group_table(table: pd.DataFrame) -> pd.DataFrame:
     settings = table.groupby("group", dropna=False)[["steps", "lr", "r", "alpha", "batch", "weights", "fingerprint", "tokenizer", "exact_match_items"]].first()
     means = table.groupby("group")[METRICS].mean()
     spread = table.groupby("group")["val_loss"].agg(seeds="count", val_loss_std="std")
-    own_noise = ["val_bpb", *(share.column for share in SHARES.values())]
+    own_noise = ["val_bpb", "val_loss_clean", "val_bpb_clean", *(share.column for share in SHARES.values())]
     other_spread = table.groupby("group")[own_noise].std().add_suffix("_std")  # each measure's own seed noise
     return settings.join(means).join(spread).join(other_spread).reset_index()
 
@@ -165,11 +176,15 @@ def seed_noise(groups: pd.DataFrame, measure: str = "val_loss") -> float | None:
 
 def choose_measure(groups: pd.DataFrame, baseline: str) -> str:
     """val_loss when every run on the baseline's split shares its tokenizer (and template); bits per
-    byte when they differ, since a nat per token of one vocabulary is not one of another."""
+    byte when they differ, since a nat per token of one vocabulary is not one of another. On the clean
+    yardstick (`_clean`) where every such run scored it on as many conversations: a loss on wrong
+    references rewards learning the noise, which is what a data-centric change sets out to remove."""
     base = groups.set_index("group").loc[baseline]
     same_split = groups[groups["fingerprint"] == base["fingerprint"]]
     tokenizers = set(same_split["tokenizer"].dropna())
-    return "val_bpb" if len(tokenizers) > 1 and same_split["val_bpb"].notna().all() else "val_loss"
+    measure = "val_bpb" if len(tokenizers) > 1 and same_split["val_bpb"].notna().all() else "val_loss"
+    clean = same_split[measure + CLEAN]
+    return measure + CLEAN if clean.notna().all() and same_split["clean_conversations"].nunique() == 1 else measure
 
 
 def pick_baseline(groups: pd.DataFrame, baseline: str | None) -> str:
@@ -185,7 +200,7 @@ def compare(groups: pd.DataFrame, baseline: str, measure: str = "val_loss") -> t
     base = groups.set_index("group").loc[baseline]
     same_split = groups["fingerprint"] == base["fingerprint"]
     ranked = groups[same_split].copy()
-    for metric in ("val_loss", "val_bpb", "test_loss", "perplexity", "time_s"):
+    for metric in ("val_loss", "val_bpb", "val_loss_clean", "val_bpb_clean", "test_loss", "perplexity", "time_s"):
         ranked[f"{metric}_vs_base_pct"] = 100 * (ranked[metric] - base[metric]) / base[metric]
     ranked["delta"] = ranked[measure] - base[measure]
     return ranked.sort_values(measure).reset_index(drop=True), groups[~same_split].reset_index(drop=True)
@@ -196,19 +211,22 @@ def compare(groups: pd.DataFrame, baseline: str, measure: str = "val_loss") -> t
 
 def per_conversation(complete: list[dict], group: str, measure: str) -> tuple[np.ndarray, np.ndarray] | None:
     """(summed NLL, units) per validation conversation for a group, averaged over its seeds; units are
-    tokens for val_loss, bytes x ln 2 for bits per byte. None when a run did not record them."""
-    nll, units = [], None
+    tokens for val_loss, bytes x ln 2 for bits per byte; only the clean yardstick's conversations for a
+    `_clean` measure. None when a run did not record them."""
+    nll, units, clean = [], None, None
+    per_token = measure.startswith("val_loss")
     for metrics in complete:
         if group_of(metrics) != group:
             continue
         rows = (((metrics.get("eval") or {}).get("per_conversation") or {}).get("validation"))
-        if not rows or (measure == "val_bpb" and not rows.get("bytes")):
+        if not rows or (not per_token and not rows.get("bytes")) or (measure.endswith(CLEAN) and not rows.get("clean")):
             return None
         nll.append(np.asarray(rows["nll"], dtype=float))
-        units = np.asarray(rows["tokens"] if measure == "val_loss" else rows["bytes"], dtype=float) * (1 if measure == "val_loss" else math.log(2))
+        units = np.asarray(rows["tokens"] if per_token else rows["bytes"], dtype=float) * (1 if per_token else math.log(2))
+        clean = np.asarray(rows["clean"], dtype=bool) if measure.endswith(CLEAN) else np.ones(len(units), dtype=bool)
     if not nll or len({len(n) for n in nll}) != 1:
         return None
-    return np.mean(nll, axis=0), units
+    return np.mean(nll, axis=0)[clean], units[clean]
 
 
 def paired_difference(run: tuple, base: tuple, samples: int = BOOTSTRAP_SAMPLES, seed: int = 0, lower_is_better: bool = True) -> dict:
@@ -245,19 +263,58 @@ def paired_comparison(complete: list[dict], ranked: pd.DataFrame, baseline: str,
 Z_95, Z_POWER_80 = 1.96, 0.84
 
 
-def minimum_detectable_difference(ranked: pd.DataFrame, noise: float | None) -> dict | None:
-    """The smallest difference from the baseline that this sweep's design would call better or worse about 4
-    times in 5: the larger of the seed band (`NOISE_MULTIPLE` sigma, which the verdict requires) and 2.8
-    standard errors of a paired difference (the standard error from the median width of this sweep's paired
-    intervals, each 2 x 1.96 of them). None where no paired interval was measured."""
-    widths = (ranked["paired_high"] - ranked["paired_low"]).dropna()
-    if widths.empty:
-        return None
-    standard_error = float(widths.median()) / (2 * Z_95)
+def detectable_difference(standard_error: float, noise: float | None) -> dict:
+    """The smallest difference from the baseline that a design would call better or worse about 4 times in
+    5: the larger of the seed band (`NOISE_MULTIPLE` sigma, which the verdict requires) and 2.8 standard
+    errors of a paired difference. From a sweep's own figures (`minimum_detectable_difference`) or from
+    those its params declare before any run (config.DesignSection)."""
     interval_band = (Z_95 + Z_POWER_80) * standard_error
     seed_band = None if noise is None else NOISE_MULTIPLE * noise
     return {"mdd": max(interval_band, seed_band or 0.0), "paired_standard_error": standard_error,
             "interval_band": interval_band, "seed_band": seed_band}
+
+
+def minimum_detectable_difference(ranked: pd.DataFrame, noise: float | None) -> dict | None:
+    """`detectable_difference` with this sweep's measured figures: the seed noise, and the standard error
+    from the median width of its paired intervals (each 2 x 1.96 of them). None where no paired interval
+    was measured."""
+    widths = (ranked["paired_high"] - ranked["paired_low"]).dropna()
+    if widths.empty:
+        return None
+    return detectable_difference(float(widths.median()) / (2 * Z_95), noise)
+
+
+def held_out_measures(config: dict) -> str:
+    """What a sweep measures on held-out items, in words, from a run's resolved config: declared before any
+    run (`lab2 sweep` prints it) and in the report's first lines."""
+    data, ev = config["data"], config["eval"]
+    loss = f"validation loss per token on all {data['val_size']} validation conversations"
+    if ev.get("clean_min_score") is not None:
+        measures = [f"clean validation loss per token, which ranks: the validation conversations whose quality score is at least "
+                    f"{ev['clean_min_score']:g} (references known correct)", loss]
+    else:
+        measures = [loss + ", which ranks"]
+    measures.append(f"exact match on those of the first {ev['num_reference_samples']} test conversations with one right answer")
+    if ev.get("ifeval_prompts") != 0:
+        measures.append(f"IFEval (prompt-level strict) on {ev.get('ifeval_prompts') or 'all 541'} prompts, replies of up to "
+                        f"{ev['ifeval_max_new_tokens']} tokens")
+    if ev.get("knowledge_questions") != 0:
+        measures.append(f"knowledge kept or lost: {ev.get('knowledge_questions') or 'all'} {ev['knowledge_task']} questions by "
+                        "log-likelihood (acc_norm)")
+    return ("Held-out measures: " + "; ".join(measures) + ". Every run against the baseline on the same items with a paired 95 % interval, the "
+            "shares against the base model too (bits per byte in place of the per-token losses where the runs' tokenizers differ).")
+
+
+def declared_detectable(config: dict) -> str:
+    """The minimum detectable difference that a sweep's params declare (`design:`), before any run."""
+    design = config.get("design")
+    if not design:
+        return ("Minimum detectable difference: none declared (a `design:` section in the params states the seed noise and the "
+                "paired standard error expected); this sweep measures its own and the report shows it.")
+    found = detectable_difference(design["paired_standard_error"], design["seed_sigma"])
+    return (f"Minimum detectable difference, declared before any run: {found['mdd']:.4f} {unit_of(design['measure'])} of "
+            f"{MEASURES[design['measure']].split(' (')[0]}, the larger of {NOISE_MULTIPLE:g} sigma of seed noise "
+            f"({found['seed_band']:.4f}) and 2.8 paired standard errors ({found['interval_band']:.4f}); measured: {design['measured']}.")
 
 
 def verdict(delta: float, paired_low: float, paired_high: float, noise: float | None) -> tuple[str, str]:
@@ -381,7 +438,7 @@ def base_model_row(complete: list[dict], fingerprint: str) -> dict | None:
 def factor_of(config: dict, baseline_config: dict) -> tuple[str | None, set]:
     """Which single factor this configuration varies against the baseline (None: baseline or a mix)."""
     a, b = flatten(config), flatten(baseline_config)
-    changed = {k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in IGNORED_KEYS and not k.startswith("eval.")}
+    changed = {k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in IGNORED_KEYS and not k.startswith(("eval.", "design."))}
     for name, (key, companions) in FACTORS.items():
         if key in changed and changed <= {key} | companions:
             return name, changed

@@ -180,6 +180,10 @@ class EvalSection(_Section):
     # through lm-eval's harness (0: none; null: all; fewer: one fixed seeded subset, the same for every run).
     knowledge_questions: NonNegativeInt | None = 0
     knowledge_task: Literal["arc_easy", "arc_challenge"] = "arc_easy"
+    # The clean yardstick: validation conversations whose quality score is at least this have references
+    # known to be correct, and are also scored on their own; where every run has it, runs rank on it
+    # (lab2.comparison.choose_measure). null: none.
+    clean_min_score: float | None = None
 
 
 class ExportSection(_Section):
@@ -187,6 +191,16 @@ class ExportSection(_Section):
     # and evaluated on; or "original", the checkpoint's 16-bit weights. The figures behind the default are
     # in docs/export.md. A run trained without 4-bit always merges into the weights it trained on.
     merge_base: Literal["dequantized", "original"] = "dequantized"
+
+
+class DesignSection(_Section):
+    """A sweep's design, declared before any run: the noise it expects in its ranking measure, measured by
+    an earlier run of the same design. `lab2 sweep` prints the minimum detectable difference it gives first;
+    the report sets it beside what the sweep itself measured. Not part of any run's identity."""
+    measure: Literal["val_loss", "val_loss_clean", "val_bpb", "val_bpb_clean"]  # what ranks (lab2.comparison.MEASURES)
+    seed_sigma: PositiveFloat  # the seed std of that measure at this design's length
+    paired_standard_error: PositiveFloat  # a paired difference's standard error on these held-out conversations
+    measured: str = Field(min_length=1, description="how, when, on what: where the two figures come from")
 
 
 class ExperimentConfig(_Section):
@@ -201,6 +215,7 @@ class ExperimentConfig(_Section):
     train: TrainSection = Field(default_factory=TrainSection)
     eval: EvalSection = Field(default_factory=EvalSection)
     export: ExportSection = Field(default_factory=ExportSection)
+    design: DesignSection | None = None
 
     @model_validator(mode="after")
     def _default_group(self) -> "ExperimentConfig":
@@ -225,8 +240,8 @@ class ExperimentConfig(_Section):
         """Identity of what training computes: a changed param means a new run.
 
         The eval and export sections are left out: new prompts re-evaluate, another merge re-exports,
-        neither retrains."""
-        data = {k: v for k, v in self.to_dict().items() if k not in ("eval", "export")}
+        neither retrains; so is the sweep's declared design, which describes runs and changes none."""
+        data = {k: v for k, v in self.to_dict().items() if k not in ("eval", "export", "design")}
         data["train"] = {k: v for k, v in data["train"].items() if k not in ("checkpoint_dir", "checkpoint_hub_repo")}
         return stable_hash(data)
 

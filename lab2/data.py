@@ -142,13 +142,17 @@ class Splits:
     test: object
     conversations: dict[str, list] = field(repr=False)
     stats: dict = field(default_factory=dict)
+    # Each held-out example's quality `score` (None where the source has none), in its dataset's order:
+    # what the clean yardstick (eval.clean_min_score) is chosen by.
+    scores: dict[str, list] = field(default_factory=dict, repr=False)
 
 
-def tokenize_split(conversations: list, tokenizer, max_length: int, min_reply_tokens: int = 0) -> tuple[object, Counter]:
+def tokenize_split(conversations: list, tokenizer, max_length: int, min_reply_tokens: int = 0) -> tuple[object, Counter, list[int]]:
+    """The conversations' examples, what was dropped and why, and which conversations were kept (indices)."""
     from datasets import Dataset
 
-    rows, counts = [], Counter()
-    for messages in conversations:
+    rows, counts, kept = [], Counter(), []
+    for index, messages in enumerate(conversations):
         example = tokenize_conversation(messages, tokenizer, max_length)
         counts["truncated"] += example.pop("truncated")
         reply_tokens = sum(label != IGNORE_INDEX for label in example["labels"])
@@ -161,7 +165,8 @@ def tokenize_split(conversations: list, tokenizer, max_length: int, min_reply_to
         counts["tokens"] += len(example["input_ids"])
         counts["reply_tokens"] += reply_tokens
         rows.append(example)
-    return Dataset.from_list(rows), counts
+        kept.append(index)
+    return Dataset.from_list(rows), counts, kept
 
 
 def held_out_split(data: DataSection) -> tuple[dict[str, list], dict]:
@@ -177,22 +182,25 @@ def held_out_split(data: DataSection) -> tuple[dict[str, list], dict]:
     return parts, {"rows": len(rows), "dropped_malformed": dict(dropped), "dropped_total": sum(dropped.values())}
 
 
-def _tokenized(conversations: dict[str, list], data: DataSection, tokenizer, max_seq_length: int, stats: dict) -> Splits:
-    datasets = {"train": None}
+def _tokenized(parts: dict[str, list], data: DataSection, tokenizer, max_seq_length: int, stats: dict) -> Splits:
+    """`parts`: each split's records ({messages, score, ...})."""
+    datasets, scores = {"train": None}, {}
+    conversations = {name: [r["messages"] for r in records] for name, records in parts.items()}
     for name, convs in conversations.items():
-        datasets[name], counts = tokenize_split(convs, tokenizer, max_seq_length, data.select.min_reply_tokens if name == "train" else 0)
+        datasets[name], counts, kept = tokenize_split(convs, tokenizer, max_seq_length, data.select.min_reply_tokens if name == "train" else 0)
         stats[name] = {"conversations": len(convs), "examples": len(datasets[name]), **counts}
+        if name != "train":
+            scores[name] = [parts[name][i].get("score") for i in kept]
     stats["fingerprint"] = fingerprint([conversations["validation"], conversations["test"]])
     stats["tokenizer_fingerprint"] = tokenizer_fingerprint(tokenizer)
-    return Splits(**datasets, conversations=conversations, stats=stats)
+    return Splits(**datasets, conversations=conversations, stats=stats, scores=scores)
 
 
 def build_held_out(data: DataSection, tokenizer, max_seq_length: int) -> Splits:
     """Validation and test only (`train` is None), for evaluation and export: the same conversations and
     fingerprint as `build_splits` gives training, without gathering, filtering or tokenising training rows."""
     parts, stats = held_out_split(data)
-    conversations = {"validation": [r["messages"] for r in parts["validation"]], "test": [r["messages"] for r in parts["test"]]}
-    return _tokenized(conversations, data, tokenizer, max_seq_length, stats)
+    return _tokenized({"validation": parts["validation"], "test": parts["test"]}, data, tokenizer, max_seq_length, stats)
 
 
 def build_splits(data: DataSection, tokenizer, max_seq_length: int) -> Splits:
@@ -200,9 +208,7 @@ def build_splits(data: DataSection, tokenizer, max_seq_length: int) -> Splits:
     (lab2.data_selection: other sources, held-out copies removed, the `select` rules)."""
     parts, stats = held_out_split(data)
     training, selection = data_selection.training_rows(data, parts["train"], parts["validation"] + parts["test"])
-    conversations = {"train": [r["messages"] for r in training], "validation": [r["messages"] for r in parts["validation"]],
-                     "test": [r["messages"] for r in parts["test"]]}
-    splits = _tokenized(conversations, data, tokenizer, max_seq_length, stats)
+    splits = _tokenized({"train": training, "validation": parts["validation"], "test": parts["test"]}, data, tokenizer, max_seq_length, stats)
     selection["rules"]["min_reply_tokens"] = stats["train"].pop("dropped_min_reply_tokens", 0)
     stats["selection"] = selection
     return splits

@@ -149,6 +149,25 @@ def answer_key(conversation: list[dict]) -> str | None:
     return conversation[last].get("answer")
 
 
+def clean_yardstick(val: dict, scores: list | None, min_score: float | None) -> dict:
+    """The validation loss (and bits per byte) on the conversations whose quality score is at least
+    `min_score`, references known to be correct; each conversation's score and membership go with its
+    per-conversation losses, so runs are paired on the same clean subset. Nothing without `min_score`."""
+    if min_score is None:
+        return {}
+    rows = val["per_conversation"]
+    if scores is None or len(scores) != len(rows["nll"]):
+        raise ValueError("eval.clean_min_score: the validation conversations carry no quality scores to choose the clean ones by")
+    clean = [score is not None and score >= min_score for score in scores]
+    if not any(clean):
+        raise ValueError(f"eval.clean_min_score: {min_score:g}: no validation conversation has a quality score that high")
+    rows.update(score=list(scores), clean=clean)
+    pick = lambda values: sum(v for v, c in zip(values, clean) if c)  # noqa: E731
+    nll, tokens, size = pick(rows["nll"]), pick(rows["tokens"]), pick(rows["bytes"]) if rows["bytes"] else None
+    return {"val_loss_clean": nll / max(tokens, 1), "val_bits_per_byte_clean": nll / math.log(2) / size if size else None,
+            "val_clean_conversations": sum(clean), "clean_min_score": min_score}
+
+
 def evaluate_model(model, tokenizer, splits, eval_cfg) -> dict:
     """val/test loss, perplexity, BLEU, ROUGE-L, exact match, IFEval and samples for one model."""
     start = time.perf_counter()
@@ -164,6 +183,7 @@ def evaluate_model(model, tokenizer, splits, eval_cfg) -> dict:
     )
     return {
         "val_loss": val["loss"],
+        **clean_yardstick(val, splits.scores.get("validation"), eval_cfg.clean_min_score),
         "test_loss": test["loss"],
         "perplexity": math.exp(test["loss"]),
         "val_tokens": val["tokens"],
@@ -284,7 +304,7 @@ def comparison_table(results: dict) -> str:
                 **{f"knowledge_{k}": (found.get("knowledge") or {}).get(k) for k in knowledge.MEASURES}}
 
     figures, base = flat(results), flat(results["base"]) if results.get("base") else None
-    keys = ["val_loss", "test_loss", "perplexity", "bleu", "rouge_l", "exact_match", *(f"ifeval_{k}" for k in ifeval.AGGREGATES),
+    keys = ["val_loss", "val_loss_clean", "test_loss", "perplexity", "bleu", "rouge_l", "exact_match", *(f"ifeval_{k}" for k in ifeval.AGGREGATES),
             *(f"knowledge_{k}" for k in knowledge.MEASURES)]
     keys = [k for k in keys if figures.get(k) is not None]
     width = max(len(k) for k in keys) + 2

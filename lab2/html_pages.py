@@ -83,6 +83,7 @@ def landing_page(output_root: str | Path, report) -> Path:
         + html_table(glance_table(report), {"executed pages": links}).replace("<table>", '<table class="glance">', 1)
         + f'<p class="rule">{escape(VERDICT_RULE)}</p>',  # the verdict column's rule, right under it
         f'<div style="display: flex; gap: 24px; align-items: flex-start">{figure}<ul style="flex: 1">{glance}</ul></div>',
+        "## Design, declared before the runs\n\n" + report.declared,
         "## All findings\n\n" + "\n".join(f"- {line}" for line in report.findings),
         "## Experiments, every column\n\n" + html_table(formatted(report.table(), columns_for(report.measure))),
     ]

@@ -238,6 +238,7 @@ def run_sweep(sweep: str | Path, out_root: str | Path | None = None, overrides: 
     sweep_start = time.perf_counter()
     name = getattr(execute, "__name__", None) or getattr(getattr(execute, "func", None), "__name__", "executor")
     print(f"sweep {sweep}: {len(plan)} runs of {len(files)} params files -> {out_root}/ ({name})", flush=True)
+    print(design_declaration(plan), flush=True)
     outcomes = execute(plan, out_root)
     total = time.perf_counter() - sweep_start
     failed = sum(o.status == "failed" for o in outcomes)
@@ -245,6 +246,20 @@ def run_sweep(sweep: str | Path, out_root: str | Path | None = None, overrides: 
     print(f"\n{len(outcomes)} experiments: {sum(o.status == 'complete' for o in outcomes)} run, "
           f"{sum(o.status == 'skipped' for o in outcomes)} skipped, {failed} failed; total {total:.1f} s")
     return outcomes
+
+
+def design_declaration(plan: list[tuple[Path, dict]]) -> str:
+    """What the sweep measures and the smallest difference it can see, from its first run's params: said
+    before any run, so that no result chooses them."""
+    from lab2.comparison import declared_detectable, held_out_measures
+
+    for params_file, run_overrides in plan:
+        try:
+            config = load_config(params_file, run_overrides).to_dict()
+        except ConfigError:
+            continue  # that run fails with its own message
+        return f"{held_out_measures(config)}\n{declared_detectable(config)}"
+    return "No params file validates: nothing to declare."
 
 
 def describe(outcome: Outcome) -> str:

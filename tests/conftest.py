@@ -132,6 +132,7 @@ def swept(tmp_path_factory) -> Path:
     shutil.copy(SAMPLE_DATA, checkout / "data" / SAMPLE_DATA.name)
     base = tiny_base(Path("models/tiny-random-llama"), max_steps=2, eval_steps=2, save_steps=2)
     base["data"]["source"] = f"data/{SAMPLE_DATA.name}"
+    base["eval"]["clean_min_score"] = 3.0  # the clean yardstick, end to end: recorded by evaluation, ranked on by the report
     (checkout / "params" / "tiny_random").mkdir(parents=True)
     (checkout / "params" / "base.yaml").write_text(yaml.safe_dump(base))
     (checkout / "params" / "tiny_random" / "baseline.yaml").write_text("experiment: baseline\n")

@@ -100,6 +100,12 @@ def test_build_splits_on_sample_data(tokenizer):
     assert all(len(ids) <= 256 for ids in splits.train["input_ids"])
     again = build_splits(section, tokenizer, max_seq_length=256)
     assert again.stats["fingerprint"] == stats["fingerprint"]
+    # Each held-out example carries its row's quality score, in the dataset's order: the clean yardstick's choice.
+    rows = [json.loads(line) for line in SAMPLE_DATA.read_text().splitlines()]
+    for name in ("validation", "test"):
+        scores = {json.dumps(normalise([r])[0][0]["messages"]): r["score"] for r in rows}
+        assert splits.scores[name] == [scores[json.dumps(c)] for c in splits.conversations[name]]
+    assert any(s < 3 for s in splits.scores["validation"] + splits.scores["test"])  # the noisy rows are there to tell apart
 
 
 def test_held_out_build_gives_training_the_same_conversations_without_building_training_rows(tokenizer, monkeypatch):
@@ -118,6 +124,7 @@ def test_held_out_build_gives_training_the_same_conversations_without_building_t
     assert held_out.train is None and "train" not in held_out.conversations and "train" not in held_out.stats
     assert held_out.stats["fingerprint"] == full.stats["fingerprint"]
     assert held_out.stats["tokenizer_fingerprint"] == full.stats["tokenizer_fingerprint"]
+    assert held_out.scores == full.scores
     for name in ("validation", "test"):
         assert held_out.conversations[name] == full.conversations[name]
         assert getattr(held_out, name)["input_ids"] == getattr(full, name)["input_ids"]

@@ -127,6 +127,23 @@ def test_per_conversation_figures_come_back_in_the_datasets_order(lora_model, to
     assert result["tokens"] == [a["tokens"][0] for a in alone] == [sum(t != -100 for t in e["labels"][1:]) for e in examples]
 
 
+def test_the_clean_yardstick_is_the_loss_on_the_conversations_scored_high_enough():
+    """Four validation conversations, scores 4.5, 1.2, None, 3.0: at min_score 3.0 the first and the last are
+    the yardstick, and its loss is their summed NLL over their tokens, in nats and per byte."""
+    from lab2.evaluate import clean_yardstick
+
+    val = {"per_conversation": {"nll": [10.0, 50.0, 7.0, 20.0], "tokens": [10, 10, 5, 20], "bytes": [40, 40, 20, 80]}}
+    found = clean_yardstick(val, [4.5, 1.2, None, 3.0], 3.0)
+    assert found["val_loss_clean"] == pytest.approx(30 / 30) and found["val_clean_conversations"] == 2
+    assert found["val_bits_per_byte_clean"] == pytest.approx(30 / math.log(2) / 120)
+    assert val["per_conversation"]["clean"] == [True, False, False, True]  # paired by membership, run against run
+    assert clean_yardstick(val, [4.5, 1.2, None, 3.0], None) == {}  # not asked for: nothing recorded
+    with pytest.raises(ValueError, match="no validation conversation has a quality score that high"):
+        clean_yardstick(val, [1.0, 1.2, None, 2.0], 3.0)
+    with pytest.raises(ValueError, match="carry no quality scores"):
+        clean_yardstick(val, None, 3.0)
+
+
 def test_bleu_and_rouge_against_known_values():
     same = reference_scores(["the cat sat on the mat", "a b c d e"], ["the cat sat on the mat", "a b c d e"])
     assert same["bleu"] == pytest.approx(100.0) and same["rouge_l"] == pytest.approx(1.0)

@@ -280,7 +280,7 @@ def test_the_report_states_what_its_design_can_detect(outputs):
 
     found = minimum_detectable_difference(rep.ranked, rep.noise)
     assert found["seed_band"] == pytest.approx(2 * 0.02) and found["mdd"] == max(found["seed_band"], found["interval_band"])
-    assert rep.detectable.startswith(f"Minimum detectable difference: about {found['mdd']:.4f} nats per token")
+    assert rep.detectable.startswith(f"Minimum detectable difference, measured by this sweep: about {found['mdd']:.4f} nats per token")
     assert rep.findings[2] == rep.detectable  # right after the seed noise it is built from
     md = write_report(rep, outputs, None).read_text()
     assert rep.detectable in md.split("| group |")[0]  # the report's first lines, above the table
@@ -375,12 +375,21 @@ def test_fine_tuned_against_base_with_exact_match_and_sample_answers(outputs):
     assert "exact_match 10.0%" in md  # the base model's line, as a percentage
 
 
-def _data_run(out, name, per_token, group=None, seed=3407, tokenizer="tok-A", train_rows=300, epochs=0.3, bytes_per_token=4.0, **config):
-    """A run whose 40 validation conversations each have 10 reply tokens and their losses given by hand."""
+def _data_run(out, name, per_token, group=None, seed=3407, tokenizer="tok-A", train_rows=300, epochs=0.3, bytes_per_token=4.0,
+              clean=None, **config):
+    """A run whose 40 validation conversations each have 10 reply tokens and their losses given by hand;
+    `clean`: which of them are the clean yardstick (eval.clean_min_score), as lab2.evaluate records it."""
     cfg = ExperimentConfig(experiment=name, group=group, **{"train": {"seed": seed}, **config}).to_dict()
     nll = [10 * loss for loss in per_token]
     val_loss = sum(nll) / (10 * len(nll))
     reply_bytes = [int(10 * bytes_per_token)] * len(nll)
+    validation = {"nll": nll, "tokens": [10] * len(nll), "bytes": reply_bytes}
+    yardstick = {}
+    if clean is not None:
+        validation["clean"] = clean
+        picked = [x for x, c in zip(nll, clean) if c]
+        yardstick = {"val_loss_clean": sum(picked) / (10 * len(picked)), "val_clean_conversations": len(picked),
+                     "val_bits_per_byte_clean": sum(picked) / math.log(2) / (len(picked) * 10 * bytes_per_token)}
     runs.write_json_atomic(out / name / "metrics.json", {
         "experiment": name, "status": "complete", "config": cfg, "config_hash": "h",
         "data": {"fingerprint": "split-A", "tokenizer_fingerprint": tokenizer, "epochs": epochs,
@@ -390,7 +399,7 @@ def _data_run(out, name, per_token, group=None, seed=3407, tokenizer="tok-A", tr
                   "tokens_per_second": 100.0, "peak_memory_mb": 1000.0, "history": [{"step": 1, "loss": 2.0}], "eval_history": []},
         "eval": {"val_loss": val_loss, "test_loss": val_loss, "perplexity": math.exp(val_loss), "split_fingerprint": "split-A",
                  "tokenizer_fingerprint": tokenizer, "val_bits_per_byte": sum(nll) / math.log(2) / sum(reply_bytes),
-                 "per_conversation": {"validation": {"nll": nll, "tokens": [10] * len(nll), "bytes": reply_bytes}}},
+                 "per_conversation": {"validation": validation}, **yardstick},
     })
 
 
@@ -425,6 +434,39 @@ def test_data_centric_runs_are_ranked_with_paired_intervals_and_controls(tmp_pat
     text = "\n".join(Report(out).findings)
     assert "quality against its size-matched random control quality_control (239 rows each)" in text
     assert "not distinguishable from dropping rows at random" in text
+
+
+def test_on_a_clean_yardstick_runs_rank_on_the_conversations_whose_references_are_correct(tmp_path):
+    """30 of the 40 validation conversations are clean, 10 have wrong references. The quality filter is 0.05
+    nats better than its random control on the clean ones, but 0.3 worse on the wrong ones (it no longer
+    learns the wrong answers): over all 40 it looks worse. Ranked on the clean yardstick, it is better, and
+    the report says which measure ranks and gives both."""
+    out = tmp_path / "outputs"
+    clean = [i % 4 != 0 for i in range(40)]
+    shifted = lambda on_clean, on_wrong: [x + (on_clean if c else on_wrong) for x, c in zip(_losses(0.0), clean)]  # noqa: E731
+    for seed, shift in [(1, 0.0), (2, 0.01), (3, -0.01)]:
+        _data_run(out, f"baseline-seed{seed}", shifted(shift, shift), group="baseline", seed=seed, clean=clean,
+                  eval={"clean_min_score": 3.0})
+    _data_run(out, "quality", shifted(-0.05, 0.3), train_rows=239, clean=clean, data={"select": {"min_score": 3.0}},
+              eval={"clean_min_score": 3.0})
+    _data_run(out, "quality_control", shifted(0.0, 0.0), train_rows=239, clean=clean, data={"select": {"max_rows": 239}},
+              eval={"clean_min_score": 3.0})
+    rep = Report(out)
+    rows = rep.ranked.set_index("group")
+    assert rep.measure == "val_loss_clean" and rep.ranked["group"].iloc[0] == "quality"
+    assert rows.loc["quality", "paired_delta"] == pytest.approx(-0.05, abs=1e-9) and rows.loc["quality", "verdict"] == "better"
+    assert rows.loc["quality", "val_loss"] > rows.loc["baseline", "val_loss"]  # over all 40, the filter looks worse
+    assert rows.loc["baseline", "val_loss_clean_std"] == pytest.approx(0.01) and rep.noise == pytest.approx(0.01)
+    assert rows.loc["quality", "clean_conversations"] == 30
+    assert "Only on the clean yardstick: the 30 of 40 validation conversations whose quality score is at least 3.0" in rep.findings[0]
+    text = "\n".join(rep.findings)
+    assert ("quality against its size-matched random control quality_control (239 rows each), on the same clean conversations (30): "
+            "-0.0500 nats per token") in text and "the filter beats random rows of the same number" in text
+    assert "on the same conversations (40): +0.0375 nats per token" in text  # (30 x -0.05 + 10 x 0.3) / 40
+    assert "Held-out measures: clean validation loss per token, which ranks" in rep.declared
+    md = write_report(rep, out, None).read_text()
+    assert md.split("\n")[2].startswith("Held-out measures: clean validation loss per token, which ranks")
+    assert "| clean val loss ± seed std |" in md.split("## All findings")[0]  # the ranking measure in the short table
 
 
 def test_runs_with_different_tokenizers_are_ranked_on_bits_per_byte(tmp_path):

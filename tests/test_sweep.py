@@ -70,6 +70,10 @@ def test_sweep_end_to_end(swept, tmp_path, capsys, monkeypatch):
     assert at_kill["status"] == "complete" and "eval" not in at_kill
     assert cli.main(["sweep", sweep, "--out", str(out)]) == 1  # typo and z_junk fail, the others complete
     printed = capsys.readouterr().out
+    # What the sweep measures and can see, said before the first run: the clean yardstick ranks; no design declared.
+    declared = printed.split("[1/4]")[0]
+    assert "Held-out measures: clean validation loss per token, which ranks" in declared
+    assert "Minimum detectable difference: none declared" in declared
     assert "[1/4] baseline: skipped" in printed and "[2/4] lr_high: complete" in printed
     assert "[3/4] typo: failed" in printed and "unknown key 'train.max_step' (did you mean 'train.max_steps'?)" in printed
     assert "[4/4] z_junk: failed" in printed and "no valid conversation (unknown role: 1)" in printed
@@ -99,6 +103,9 @@ def test_sweep_end_to_end(swept, tmp_path, capsys, monkeypatch):
         for section in (evaluation, evaluation["base"]):
             assert {"val_loss", "test_loss", "perplexity", "bleu", "rouge_l", "samples"} <= set(section)
         assert evaluation["split_fingerprint"] == metrics["data"]["fingerprint"]
+        clean = evaluation["per_conversation"]["validation"]["clean"]  # the clean yardstick, chosen by quality score
+        assert evaluation["val_clean_conversations"] == sum(clean) > 0 and len(clean) == metrics["data"]["validation"]["examples"]
+        assert all(c == (s >= 3.0) for c, s in zip(clean, evaluation["per_conversation"]["validation"]["score"]))
         assert evaluation["test_loss"] < evaluation["base"]["test_loss"]  # training helped on held-out data
         notebook = nbformat.read(out / name / "train.ipynb", as_version=4)
         injected = next(c for c in notebook.cells if "injected-parameters" in c.metadata.get("tags", []))
