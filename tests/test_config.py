@@ -39,6 +39,12 @@ def test_config_hash_tracks_content(params_tree):
     b = load_config(params_tree("s/b.yaml", {"experiment": "x"}))
     c = load_config(params_tree("s/c.yaml", {"experiment": "x", "lora": {"r": 8}}))
     assert a.config_hash == b.config_hash != c.config_hash
+    # A sweep's declared design describes its runs and changes none: no retraining, no re-evaluation.
+    design = {"measure": "val_loss_clean", "seed_sigma": 0.05, "paired_standard_error": 0.03, "measured": "a pilot"}
+    d = load_config(params_tree("s/d.yaml", {"experiment": "x", "design": design}))
+    assert (d.config_hash, d.eval_hash) == (a.config_hash, a.eval_hash) and d.design.seed_sigma == 0.05
+    with pytest.raises(ConfigError, match="design.measure"):
+        load_config(params_tree("s/e.yaml", {"experiment": "x", "design": {**design, "measure": "train_loss"}}))
 
 
 @pytest.mark.parametrize(

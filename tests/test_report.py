@@ -286,6 +286,22 @@ def test_the_report_states_what_its_design_can_detect(outputs):
     assert rep.detectable in md.split("| group |")[0]  # the report's first lines, above the table
 
 
+def test_a_declared_design_gives_its_minimum_detectable_difference_before_any_run():
+    """Declared: seed sigma 0.05 and paired standard error 0.03; 2.8 x 0.03 = 0.084 is under the seed band 0.1,
+    which decides. Without a design, the line says none was declared."""
+    from lab2.comparison import declared_detectable, held_out_measures
+
+    config = ExperimentConfig(experiment="x", design={"measure": "val_loss_clean", "seed_sigma": 0.05, "paired_standard_error": 0.03,
+                                                      "measured": "three seeds of a pilot"}, eval={"clean_min_score": 3.0}).to_dict()
+    line = declared_detectable(config)
+    assert line.startswith("Minimum detectable difference, declared before any run: 0.1000 nats per token of clean validation loss per token")
+    assert "(0.1000) and 2.8 paired standard errors (0.0840); measured: three seeds of a pilot." in line
+    assert declared_detectable({**config, "design": None}).startswith("Minimum detectable difference: none declared")
+    measures = held_out_measures(config)
+    assert "the validation conversations whose quality score is at least 3 (references known correct); validation loss" in measures
+    assert "knowledge" not in measures  # not asked for (the default, 0 questions): not declared
+
+
 def report_formatted(rep):
     from lab2.report import columns_for, formatted
 
