@@ -312,8 +312,8 @@ def declared_detectable(config: dict) -> str:
         return ("Minimum detectable difference: none declared (a `design:` section in the params states the seed noise and the "
                 "paired standard error expected); this sweep measures its own and the report shows it.")
     found = detectable_difference(design["paired_standard_error"], design["seed_sigma"])
-    return (f"Minimum detectable difference, declared before any run: {found['mdd']:.4f} {unit_of(design['measure'])} of "
-            f"{MEASURES[design['measure']].split(' (')[0]}, the larger of {NOISE_MULTIPLE:g} sigma of seed noise "
+    return (f"Minimum detectable difference, declared before any run: {found['mdd']:.4f} {unit_of(design['measure'])} "
+            f"({MEASURES[design['measure']].split(' per ')[0]}), the larger of {NOISE_MULTIPLE:g} sigma of seed noise "
             f"({found['seed_band']:.4f}) and 2.8 paired standard errors ({found['interval_band']:.4f}); measured: {design['measured']}.")
 
 

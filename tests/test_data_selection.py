@@ -121,3 +121,15 @@ def test_no_sweep_of_the_repository_trains_on_a_held_out_row(sweep):
         assert not any(data_selection.exact_key(r["messages"]) in held_keys for r in rows), path
         assert not any(index.query(data_selection.minhash(r["messages"])) for r in rows), path
         assert SAMPLE_DATA.name in cfg.data.source
+
+
+def test_the_data_centric_sweeps_random_control_draws_as_many_rows_as_its_filter_keeps():
+    """params/smol_data's quality_control is `quality`'s size-matched control only while max_rows equals what the
+    filter keeps of this split: a change of the held-out sizes or the data must change both."""
+    kept = {}
+    for name in ("quality", "quality_control"):
+        cfg = load_config(REPO / "params" / "smol_data" / f"{name}.yaml")
+        data = cfg.data.model_copy(update={"source": str(REPO / cfg.data.source)})
+        parts, held_out = _held_out(data)
+        kept[name] = len(data_selection.training_rows(data, parts["train"], held_out)[0])
+    assert kept["quality_control"] == kept["quality"] == load_config(REPO / "params/smol_data/quality_control.yaml").data.select.max_rows

@@ -294,7 +294,7 @@ def test_a_declared_design_gives_its_minimum_detectable_difference_before_any_ru
     config = ExperimentConfig(experiment="x", design={"measure": "val_loss_clean", "seed_sigma": 0.05, "paired_standard_error": 0.03,
                                                       "measured": "three seeds of a pilot"}, eval={"clean_min_score": 3.0}).to_dict()
     line = declared_detectable(config)
-    assert line.startswith("Minimum detectable difference, declared before any run: 0.1000 nats per token of clean validation loss per token")
+    assert line.startswith("Minimum detectable difference, declared before any run: 0.1000 nats per token (clean validation loss), the larger")
     assert "(0.1000) and 2.8 paired standard errors (0.0840); measured: three seeds of a pilot." in line
     assert declared_detectable({**config, "design": None}).startswith("Minimum detectable difference: none declared")
     measures = held_out_measures(config)
