@@ -146,7 +146,7 @@ def benchmark_figures(evaluation: dict) -> dict:
 
 METRICS = ["train_loss", "val_loss", "val_bpb", "val_loss_clean", "val_bpb_clean", "clean_conversations", "test_loss", "perplexity", "bleu", "rouge_l", "exact_match",
            *(column for columns in BENCHMARK_FIGURES.values() for column in columns), "time_s", "s_per_step", "tokens_per_s", "peak_mem_mb", "weights_mb", "train_rows", "epochs"]
-BASE_METRICS = ("val_loss", "val_loss_clean", "val_bpb_clean", "test_loss", "perplexity", "bleu", "rouge_l", "exact_match", "exact_match_items")
+BASE_METRICS = ("val_loss", "val_loss_clean", "test_loss", "perplexity", "bleu", "rouge_l", "exact_match", "exact_match_items")
 
 
 def runs_table(complete: list[dict]) -> pd.DataFrame:

@@ -254,9 +254,12 @@ class ExperimentConfig(_Section):
     @property
     def base_eval_hash(self) -> str:
         """Identity of the base model's evaluation (adapter off): the model, the data and the eval
-        settings. Experiments that share it share one base evaluation (lab2.evaluate reuses it)."""
+        settings. Experiments that share it share one base evaluation (lab2.evaluate reuses it). The data
+        enters as what defines the held-out split: a data-centric run's training rows (`train_sources`,
+        `select`) change nothing the base model is measured on."""
         plain = self.to_dict()
-        return stable_hash({"model": plain["model"], "data": plain["data"], "eval": {k: v for k, v in plain["eval"].items() if k != "compare_base"}})
+        held_out = {k: v for k, v in plain["data"].items() if k not in ("train_sources", "select")}
+        return stable_hash({"model": plain["model"], "data": held_out, "eval": {k: v for k, v in plain["eval"].items() if k != "compare_base"}})
 
 
 def stable_hash(data: dict) -> str:

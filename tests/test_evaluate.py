@@ -274,5 +274,8 @@ def test_the_base_model_is_evaluated_once_per_sweep(lora_model, tokenizer, tmp_p
     longer = ExperimentConfig(experiment="c", eval={**eval_section, "max_new_tokens": 6})
     other_data = ExperimentConfig(experiment="d", data={"val_size": 3}, eval=eval_section)
     same = ExperimentConfig(experiment="e", train={"learning_rate": 1e-3, "seed": 5}, eval=eval_section)
+    # a data-centric run: other training rows, the same held-out split, so the same base-model evaluation
+    filtered = ExperimentConfig(experiment="f", data={"select": {"min_score": 3.0, "dedup": "near"},
+                                                      "train_sources": [{"source": "pool"}, {"source": "x.jsonl", "rows": 5}]}, eval=eval_section)
     assert len({cfg.base_eval_hash for cfg in (longer, other_data, other_lora)}) == 3
-    assert same.base_eval_hash == other_lora.base_eval_hash
+    assert same.base_eval_hash == other_lora.base_eval_hash == filtered.base_eval_hash
