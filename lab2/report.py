@@ -383,7 +383,8 @@ COLUMNS = (
     Column("val_loss_cell", "val loss ± seed std", glance=True),
     Column("val_loss", "val loss", ".4f"), Column("val_loss_std", "± seed std", ".4f"),
     Column("val_bpb", "val bits/byte", ".4f"),
-    Column("clean_cell", "clean val loss ± seed std"), Column("clean_conversations", "clean conversations", ".0f"),
+    Column("clean_cell", "clean val loss ± seed std"), Column("val_bpb_clean", "clean val bits/byte", ".4f"),
+    Column("clean_conversations", "clean conversations", ".0f"),
     Column("vs_base_pct", "vs baseline %", "+.2f"),
     Column("paired", "paired vs baseline [95 %]", glance=True), Column("verdict", "verdict", glance=True), Column("verdict_why", "why"),
     Column("test_loss", "test loss", ".4f"), Column("perplexity", "perplexity", ".4g"), Column("bleu", "BLEU (not compared)", ".2f"),
@@ -404,7 +405,7 @@ COLUMNS = (
 def columns_for(measure: str, glance: bool = False) -> list[Column]:
     """The registry's columns for a view; ranked on bits per byte or on the clean yardstick, that measure joins
     the short table."""
-    joins = {"val_bpb": ("val_bpb",), "val_loss_clean": ("clean_cell",), "val_bpb_clean": ("val_bpb", "clean_cell")}.get(measure, ())
+    joins = {"val_bpb": ("val_bpb",), "val_loss_clean": ("clean_cell",), "val_bpb_clean": ("val_bpb_clean",)}.get(measure, ())
     return [c for c in COLUMNS if not glance or c.glance or c.key in joins]
 
 

@@ -485,6 +485,20 @@ def test_on_a_clean_yardstick_runs_rank_on_the_conversations_whose_references_ar
     assert "| clean val loss ± seed std |" in md.split("## All findings")[0]  # the ranking measure in the short table
 
 
+def test_with_other_tokenizers_the_clean_yardstick_is_scored_per_byte(tmp_path):
+    """Another model's tokenizer and a clean yardstick: ranked on clean bits per byte. The other model is worse on
+    the 10 noisy conversations (+0.5 a token) and better on the 30 clean ones, so only the clean yardstick sees it."""
+    out = tmp_path / "outputs"
+    clean = [i % 4 != 0 for i in range(40)]
+    _data_run(out, "baseline", _losses(0.0), clean=clean, eval={"clean_min_score": 3.0})
+    _data_run(out, "other_model", [x - 0.1 if c else x + 0.5 for x, c in zip(_losses(0.0), clean)], tokenizer="tok-B", clean=clean,
+              eval={"clean_min_score": 3.0})
+    rep = Report(out)
+    assert rep.measure == "val_bpb_clean" and list(rep.ranked["group"]) == ["other_model", "baseline"]
+    assert rep.ranked.set_index("group").loc["baseline", "val_bpb"] < rep.ranked.set_index("group").loc["other_model", "val_bpb"]
+    assert "| clean val bits/byte |" in write_report(rep, out, None).read_text().split("## All findings")[0]
+
+
 def test_runs_with_different_tokenizers_are_ranked_on_bits_per_byte(tmp_path):
     out = tmp_path / "outputs"
     _data_run(out, "baseline", _losses(0.0))  # 1.0 nats per token at 4 bytes per token
