@@ -392,7 +392,7 @@ def test_fine_tuned_against_base_with_exact_match_and_sample_answers(outputs):
 
 
 def _data_run(out, name, per_token, group=None, seed=3407, tokenizer="tok-A", train_rows=300, epochs=0.3, bytes_per_token=4.0,
-              clean=None, **config):
+              clean=None, steps=20, **config):
     """A run whose 40 validation conversations each have 10 reply tokens and their losses given by hand;
     `clean`: which of them are the clean yardstick (eval.clean_min_score), as lab2.evaluate records it."""
     cfg = ExperimentConfig(experiment=name, group=group, **{"train": {"seed": seed}, **config}).to_dict()
@@ -411,7 +411,7 @@ def _data_run(out, name, per_token, group=None, seed=3407, tokenizer="tok-A", tr
         "data": {"fingerprint": "split-A", "tokenizer_fingerprint": tokenizer, "epochs": epochs,
                  "train": {"examples": train_rows}, "validation": {"conversations": 40}, "test": {"conversations": 40},
                  "selection": {"held_out_copies_removed": {"exact": 1, "near": 2}}},
-        "train": {"final_loss": 1.0, "final_eval_loss": val_loss, "total_steps": 20, "training_time_seconds": 10.0,
+        "train": {"final_loss": 1.0, "final_eval_loss": val_loss, "total_steps": steps, "training_time_seconds": 10.0,
                   "tokens_per_second": 100.0, "peak_memory_mb": 1000.0, "history": [{"step": 1, "loss": 2.0}], "eval_history": []},
         "eval": {"val_loss": val_loss, "test_loss": val_loss, "perplexity": math.exp(val_loss), "split_fingerprint": "split-A",
                  "tokenizer_fingerprint": tokenizer, "val_bits_per_byte": sum(nll) / math.log(2) / sum(reply_bytes),
@@ -440,6 +440,7 @@ def test_data_centric_runs_are_ranked_with_paired_intervals_and_controls(tmp_pat
     assert rows.loc["quality", "data"] == "score >= 3" and rows.loc["baseline", "data"] == "pool"
     text = "\n".join(rep.findings)
     assert "quality filters its training rows (score >= 3, 239 rows) but no run draws as many rows at random" in text
+    assert "The length of training changed with the data" not in text  # every run here trains 20 steps
     assert "dedup filters its training rows (dedup near, 291 rows)" in text
     assert "long sees its training rows 2.5 times" in text
     assert "none of the 80 held-out conversations is in any run's training rows" in text and "baseline 3" in text
@@ -464,9 +465,9 @@ def test_on_a_clean_yardstick_runs_rank_on_the_conversations_whose_references_ar
         _data_run(out, f"baseline-seed{seed}", shifted(shift, shift), group="baseline", seed=seed, clean=clean,
                   eval={"clean_min_score": 3.0})
     _data_run(out, "quality", shifted(-0.05, 0.3), train_rows=239, clean=clean, data={"select": {"min_score": 3.0}},
-              eval={"clean_min_score": 3.0})
+              eval={"clean_min_score": 3.0}, steps=30)
     _data_run(out, "quality_control", shifted(0.0, 0.0), train_rows=239, clean=clean, data={"select": {"max_rows": 239}},
-              eval={"clean_min_score": 3.0})
+              eval={"clean_min_score": 3.0}, steps=30)
     rep = Report(out)
     rows = rep.ranked.set_index("group")
     assert rep.measure == "val_loss_clean" and rep.ranked["group"].iloc[0] == "quality"
@@ -480,6 +481,7 @@ def test_on_a_clean_yardstick_runs_rank_on_the_conversations_whose_references_ar
             "-0.0500 nats per token") in text and "the filter beats random rows of the same number" in text
     assert "on the same conversations (40): +0.0375 nats per token" in text  # (30 x -0.05 + 10 x 0.3) / 40
     assert "Held-out measures: clean validation loss per token, which ranks" in rep.declared
+    assert "The length of training changed with the data: quality 30 steps, quality_control 30 steps, against the baseline's 20." in text
     md = write_report(rep, out, None).read_text()
     assert md.split("\n")[2].startswith("Held-out measures: clean validation loss per token, which ranks")
     assert "| clean val loss ± seed std |" in md.split("## All findings")[0]  # the ranking measure in the short table
