@@ -289,10 +289,10 @@ def data_findings(complete: list[dict], ranked: pd.DataFrame, baseline: str, mea
                             "unclear": "not distinguishable from dropping rows at random"}[word] + f" ({why}).")
     # Trained by epochs, a run with other rows also trains for another number of steps.
     base_steps = rows.loc[baseline, "steps"]
-    longer = [(g, rows.loc[g, "steps"]) for g in ranked["group"]
+    other_length = [(g, rows.loc[g, "steps"]) for g in ranked["group"]
               if g != baseline and data_choices(configs[g]) and abs(rows.loc[g, "steps"] - base_steps) > max(1, 0.02 * base_steps)]
-    if longer:
-        lines.append("The length of training changed with the data: " + ", ".join(f"{g} {s:.0f} steps" for g, s in longer)
+    if other_length:
+        lines.append("The length of training changed with the data: " + ", ".join(f"{g} {s:.0f} steps" for g, s in other_length)
                      + f", against the baseline's {base_steps:.0f}. Their differences from the baseline mix the rows with the length "
                      "of training; a filter against its size-matched random control (as many rows, as many steps) does not.")
     repeats = ranked[ranked["epochs"] > 1]
