@@ -175,13 +175,14 @@ def held_versions(repo: Path, python: str, keep_installed: bool) -> dict[str, st
     return {name: version for name, version in installed.items() if name not in controlled and name != "lab2"}
 
 
-def constraints_for_this_machine(repo: Path, python: str, keep_installed: bool = False) -> Path:
+def constraints_for_this_machine(repo: Path, python: str, keep_installed: bool = False, *, folder: Path) -> Path:
     """constraints.txt with each held package pinned to the version installed in `python`'s environment:
-    torch only (pinned mode), or everything installed outside CONTROLLED (keep-installed mode)."""
+    torch only (pinned mode), or everything installed outside CONTROLLED (keep-installed mode). Written
+    into `folder`, which the caller owns (and removes)."""
     held = held_versions(repo, python, keep_installed)
     lines = [line for line in (repo / CONSTRAINTS).read_text().splitlines() if requirement_name(line) not in held]
     lines += [f"{name}=={version}" for name, version in sorted(held.items())]
-    out = Path(tempfile.mkdtemp(prefix="lab2-install-")) / CONSTRAINTS
+    out = Path(folder) / f"machine-{CONSTRAINTS}"  # never the repository's own file, whatever folder is given
     out.write_text("\n".join(lines) + "\n")
     return out
 
@@ -238,9 +239,10 @@ def install(stage: str, repo: str | Path = REPO_ROOT, python: str = sys.executab
     """Install one stage into `python`'s environment; returns the seconds it took."""
     repo = Path(repo).resolve()
     start = time.perf_counter()
-    constraints = constraints_for_this_machine(repo, python, keep_installed)
-    for args in stage_pip_args(stage, repo, python, constraints):
-        pip(python, args, quiet)
+    with tempfile.TemporaryDirectory(prefix="lab2-install-") as folder:  # removed after the stage, installed or not
+        constraints = constraints_for_this_machine(repo, python, keep_installed, folder=Path(folder))
+        for args in stage_pip_args(stage, repo, python, constraints):
+            pip(python, args, quiet)
     stamp = stamp_path(stage, python)
     stamp.parent.mkdir(parents=True, exist_ok=True)
     stamp.write_text(stamp_text(repo, keep_installed))

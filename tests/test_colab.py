@@ -89,7 +89,7 @@ def test_placeholder_repo_url_stops_in_one_clear_line(tmp_path):
 
 
 def test_install_holds_the_installed_torch(tmp_path):
-    constraints = install.constraints_for_this_machine(REPO, sys.executable)
+    constraints = install.constraints_for_this_machine(REPO, sys.executable, folder=tmp_path)
     pins = install.pinned_versions(constraints)
     assert pins["torch"] == torch.__version__.split("+")[0] or pins["torch"] == torch.__version__
     assert sum(install.requirement_name(line) == "torch" for line in constraints.read_text().splitlines()) == 1

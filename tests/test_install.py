@@ -25,9 +25,9 @@ def colab_like_env(tmp_path):
     return python
 
 
-def test_keep_installed_holds_all_but_the_controlled_list(colab_like_env):
+def test_keep_installed_holds_all_but_the_controlled_list(colab_like_env, tmp_path):
     pins = install.pinned_versions(REPO / "constraints.txt")
-    kept = install.pinned_versions(install.constraints_for_this_machine(REPO, str(colab_like_env), keep_installed=True))
+    kept = install.pinned_versions(install.constraints_for_this_machine(REPO, str(colab_like_env), keep_installed=True, folder=tmp_path))
     # Colab's kernel stack and numerics stay; so does anything else it has, even without a lab2 pin.
     assert (kept["numpy"], kept["ipykernel"], kept["pandas"], kept["google-colab"]) == ("2.1.3", "6.17.1", "2.2.3", "1.0.0")
     assert kept["torch"] == "2.11.0+cu128"
@@ -39,15 +39,15 @@ def test_keep_installed_holds_all_but_the_controlled_list(colab_like_env):
         assert len(reason) > 20, name  # each with its reason
 
 
-def test_pinned_mode_holds_torch_only(colab_like_env):
+def test_pinned_mode_holds_torch_only(colab_like_env, tmp_path):
     pins = install.pinned_versions(REPO / "constraints.txt")
-    pinned = install.pinned_versions(install.constraints_for_this_machine(REPO, str(colab_like_env), keep_installed=False))
+    pinned = install.pinned_versions(install.constraints_for_this_machine(REPO, str(colab_like_env), keep_installed=False, folder=tmp_path))
     assert pinned["torch"] == "2.11.0+cu128"
     assert {name: pinned[name] for name in pins if name != "torch"} == {name: pins[name] for name in pins if name != "torch"}
 
 
 def test_an_older_torchao_is_replaced_and_an_absent_one_not_installed(colab_like_env, tmp_path):
-    constraints = install.constraints_for_this_machine(REPO, str(colab_like_env), keep_installed=True)
+    constraints = install.constraints_for_this_machine(REPO, str(colab_like_env), keep_installed=True, folder=tmp_path)
     commands = install.stage_pip_args("training", REPO, str(colab_like_env), constraints)
     assert commands[-1][:1] == ["--no-deps"] and "torchao" in commands[-1]
     bare = tmp_path / "bare"

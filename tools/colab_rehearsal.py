@@ -123,7 +123,7 @@ def check_resolution(workdir: Path, keep_installed: bool = True, repo: Path = RE
     controlled = {normalize(n) for n in [*install.CONTROLLED, *install.UNSLOTH_STAGE]}
     changed, not_allowed, not_wheels, failed, installed_by = {}, [], [], [], {}
     for stage in COLAB_STAGES:
-        constraints = install.constraints_for_this_machine(repo, str(python), keep_installed)
+        constraints = install.constraints_for_this_machine(repo, str(python), keep_installed, folder=workdir)
         for i, args in enumerate(install.stage_pip_args(stage, repo, str(python), constraints)):
             report = workdir / f"resolve-{stage}-{i}.json"
             result = subprocess.run([str(python), "-m", "pip", "install", "--dry-run", "-q", "--report", str(report), *args],
