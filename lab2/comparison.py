@@ -317,6 +317,12 @@ def declared_detectable(config: dict) -> str:
             f"({found['seed_band']:.4f}) and 2.8 paired standard errors ({found['interval_band']:.4f}); measured: {design['measured']}.")
 
 
+def declaration(config: dict) -> list[str]:
+    """What a sweep declares before any run, from a run's resolved config: its held-out measures and the
+    minimum detectable difference of its design. `lab2 sweep` prints it first; the report opens with it."""
+    return [held_out_measures(config), declared_detectable(config)]
+
+
 def verdict(delta: float, paired_low: float, paired_high: float, noise: float | None) -> tuple[str, str]:
     """(the row's one verdict, why), by `VERDICT_RULE`; lower is better."""
     if math.isnan(paired_low):

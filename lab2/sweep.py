@@ -251,14 +251,14 @@ def run_sweep(sweep: str | Path, out_root: str | Path | None = None, overrides: 
 def design_declaration(plan: list[tuple[Path, dict]]) -> str:
     """What the sweep measures and the smallest difference it can see, from its first run's params: said
     before any run, so that no result chooses them."""
-    from lab2.comparison import declared_detectable, held_out_measures
+    from lab2.comparison import declaration
 
     for params_file, run_overrides in plan:
         try:
             config = load_config(params_file, run_overrides).to_dict()
         except ConfigError:
             continue  # that run fails with its own message
-        return f"{held_out_measures(config)}\n{declared_detectable(config)}"
+        return "\n".join(declaration(config))
     return "No params file validates: nothing to declare."
 
 
