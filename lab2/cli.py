@@ -116,6 +116,23 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_grade(args) -> int:
+    import functools
+
+    from lab2 import grade
+
+    execute = grade.score_locally
+    if args.executor == "ray":  # Ray is imported on this path only
+        from lab2.ray_executor import map_on_ray
+
+        execute = functools.partial(map_on_ray, grade.score, address=args.ray_address or None, cpus=args.cpus_per_submission,
+                                    gpus=args.gpus_per_submission)
+    submissions = Path(args.submissions)
+    out = Path(args.out) if args.out else submissions.with_name(submissions.name + "-grade")
+    report = grade.grade(submissions, args.params, out, args.reference, args.max_adapter_mb, execute)
+    return 1 if (report.frame["status"] == "failed").any() else 0
+
+
 def cmd_build_model(args) -> int:
     """tiny-model and real-model: a local model folder, built once."""
     out = Path(args.dir)
@@ -166,6 +183,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sweep", default="params/smol", help="params folder for exp_best_combination.yaml")
     p.add_argument("--baseline", default="baseline")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("grade", help="check and score a class's submitted adapters on the course's held-out split")
+    p.add_argument("submissions", help="a folder with one subfolder per submission (an adapter, and its run's records where lab2 made it)")
+    p.add_argument("--params", required=True, help="the course's params file: base model, held-out split and evaluation")
+    p.add_argument("--out", default=None, help="where scores and the class report go (default SUBMISSIONS-grade, beside it)")
+    p.add_argument("--reference", default=None, help="a reference adapter's folder: every submission is also compared with it")
+    p.add_argument("--max-adapter-mb", type=float, default=512, help="refuse a submission whose adapter and records are larger")
+    p.add_argument("--executor", choices=["local", "ray"], default="local", help="local: one after the other (default)")
+    p.add_argument("--ray-address", default=None, help="a Ray cluster (default: start one on this machine)")
+    p.add_argument("--cpus-per-submission", type=float, default=1)
+    p.add_argument("--gpus-per-submission", type=float, default=None, help="default: 1 if the cluster has GPUs, else 0")
+    p.set_defaults(func=cmd_grade)
 
     p = sub.add_parser("tiny-model", help="build the offline tiny Llama (real Llama 3.2 tokenizer, random weights)")
     p.add_argument("dir", nargs="?", default="models/tiny-random-llama")

@@ -209,24 +209,25 @@ def compare(groups: pd.DataFrame, baseline: str, measure: str = "val_loss") -> t
 # --------------------------------------------------------------------------- paired, on the same conversations
 
 
-def per_conversation(complete: list[dict], group: str, measure: str) -> tuple[np.ndarray, np.ndarray] | None:
-    """(summed NLL, units) per validation conversation for a group, averaged over its seeds; units are
-    tokens for val_loss, bytes x ln 2 for bits per byte; only the clean yardstick's conversations for a
-    `_clean` measure. None when a run did not record them."""
-    nll, units, clean = [], None, None
+def conversation_rows(evaluation: dict | None, measure: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """(summed NLL, units) per validation conversation of one evaluation record; units are tokens for
+    val_loss, bytes x ln 2 for bits per byte; only the clean yardstick's conversations for a `_clean`
+    measure. None where it did not record them."""
+    rows = (((evaluation or {}).get("per_conversation") or {}).get("validation"))
     per_token = measure.startswith("val_loss")
-    for metrics in complete:
-        if group_of(metrics) != group:
-            continue
-        rows = (((metrics.get("eval") or {}).get("per_conversation") or {}).get("validation"))
-        if not rows or (not per_token and not rows.get("bytes")) or (measure.endswith(CLEAN) and not rows.get("clean")):
-            return None
-        nll.append(np.asarray(rows["nll"], dtype=float))
-        units = np.asarray(rows["tokens"] if per_token else rows["bytes"], dtype=float) * (1 if per_token else math.log(2))
-        clean = np.asarray(rows["clean"], dtype=bool) if measure.endswith(CLEAN) else np.ones(len(units), dtype=bool)
-    if not nll or len({len(n) for n in nll}) != 1:
+    if not rows or (not per_token and not rows.get("bytes")) or (measure.endswith(CLEAN) and not rows.get("clean")):
         return None
-    return np.mean(nll, axis=0)[clean], units[clean]
+    units = np.asarray(rows["tokens"] if per_token else rows["bytes"], dtype=float) * (1 if per_token else math.log(2))
+    clean = np.asarray(rows["clean"], dtype=bool) if measure.endswith(CLEAN) else np.ones(len(units), dtype=bool)
+    return np.asarray(rows["nll"], dtype=float)[clean], units[clean]
+
+
+def per_conversation(complete: list[dict], group: str, measure: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """`conversation_rows` of a group, its NLL averaged over its seeds. None when a run did not record them."""
+    found = [conversation_rows(metrics.get("eval"), measure) for metrics in complete if group_of(metrics) == group]
+    if not found or any(f is None for f in found) or len({len(nll) for nll, _ in found}) != 1:
+        return None
+    return np.mean([nll for nll, _ in found], axis=0), found[-1][1]
 
 
 def paired_difference(run: tuple, base: tuple, samples: int = BOOTSTRAP_SAMPLES, seed: int = 0, lower_is_better: bool = True) -> dict:

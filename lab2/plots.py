@@ -63,9 +63,10 @@ def plot_cost_vs_benefit(ranked: pd.DataFrame):
     return fig
 
 
-def plot_paired_differences(ranked: pd.DataFrame, noise: float | None, unit: str = "nats per token"):
-    """Each run's difference from the baseline on the same conversations, with its bootstrap 95 % interval,
-    and the band of twice the seed noise around zero: left of zero is better."""
+def plot_paired_differences(ranked: pd.DataFrame, noise: float | None, unit: str = "nats per token", against: str = "the baseline"):
+    """Each run's difference from `against` (the baseline; the base model for `lab2 grade`) on the same
+    conversations, with its bootstrap 95 % interval, and the band of twice the seed noise around zero: left of
+    zero is better."""
     rows = ranked[ranked["paired_delta"].notna()].sort_values("paired_delta")
     fig, ax = plt.subplots(figsize=(7, 0.5 * max(len(rows), 1) + 1.6))
     y = list(range(len(rows)))
@@ -77,7 +78,7 @@ def plot_paired_differences(ranked: pd.DataFrame, noise: float | None, unit: str
     ax.axvline(0, color="black", lw=1)
     # each row's one verdict beside its name, so the picture never says more than the table
     ax.set_yticks(y, [f"{g} ({v})" if "verdict" in rows else g for g, v in zip(rows["group"], rows.get("verdict", rows["group"]))])
-    ax.set(xlabel=f"difference from the baseline ({unit}; left is better)", title="paired on the same conversations (95 % intervals)")
+    ax.set(xlabel=f"difference from {against} ({unit}; left is better)", title="paired on the same conversations (95 % intervals)")
     ax.grid(alpha=0.3, axis="x")
     fig.tight_layout()
     return fig

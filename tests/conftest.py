@@ -20,7 +20,7 @@ FAKE_TOKEN = "hf_" + "FakeTokenForTheSecretsTest0123456789abcdef"  # built here 
 
 # The files whose tests read the `swept` fixture: `make test` hands them to one xdist worker as one unit
 # (pytest_xdist_make_scheduler below), so that the fixture is built once.
-SWEPT_FILES = ["test_sweep.py", "test_notebook_pages.py", "test_report.py", "test_export.py", "test_app.py", "test_ray.py"]
+SWEPT_FILES = ["test_sweep.py", "test_notebook_pages.py", "test_report.py", "test_export.py", "test_app.py", "test_ray.py", "test_grade.py"]
 # Run in the same unit, to even out the two workers: measured 2026-12-04, the swept files took about 280 s
 # and the rest about 410 s; the kill -9 tests (about 85 s) move over.
 WITH_SWEPT = ["test_reliability.py"]
