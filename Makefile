@@ -18,7 +18,7 @@ RAY_ADDRESS ?=
 GPUS_PER_EXPERIMENT ?=
 SHARD ?=
 
-.PHONY: setup real-model sweep report export app bench bench-gpu test colab-rehearsal validate clean screenshot
+.PHONY: setup real-model sweep report export app grade bench bench-gpu test colab-rehearsal validate clean screenshot
 
 # Installs come in stages (lab2/install.py, the same code the Colab notebook runs), every version
 # from constraints.txt. `make sweep` needs only the first; the others come on first use. The models
@@ -76,6 +76,18 @@ report: setup
 
 export: setup $(VENV)/.export
 	$(PY) -m lab2 export --out $(OUT) --sweep $(SWEEP) $(if $(EXP),--exp $(EXP))
+
+# The instructor's side (docs/grading.md): every subfolder of SUBMISSIONS (default: this sweep's own runs, as a
+# class) checked, then scored on COURSE's held-out split against the base model and ranked, into GRADED/index.html.
+# Run again after more submissions arrive: what is already scored is skipped.
+SUBMISSIONS ?= $(OUT)
+COURSE ?= $(SWEEP)/baseline.yaml
+GRADED ?= $(OUT)-grade
+REFERENCE ?=
+
+grade: setup $(if $(filter ray,$(EXECUTOR)),$(VENV)/.ray)
+	$(PY) -m lab2 grade $(SUBMISSIONS) --params $(COURSE) --out $(GRADED) $(if $(REFERENCE),--reference $(REFERENCE)) \
+		--executor $(EXECUTOR) $(if $(RAY_ADDRESS),--ray-address $(RAY_ADDRESS))
 
 # The chat app on 127.0.0.1:7860; GGUF defaults to the file the best experiment's export record names (its Q4_K_M).
 app: setup $(VENV)/.export

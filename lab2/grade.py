@@ -38,7 +38,7 @@ from lab2.report import Column, formatted, html_table, markdown_table, paired_ce
 ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
 # What torch.load, pickle or joblib would read: running such a file can run any code, so lab2 never opens one.
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib"}
-REPORT_FOLDERS = {"html"}  # what `lab2 report` writes beside the experiments of a sweep's folder: not submissions
+REPORT_FOLDERS = {"html", "report_figures"}  # what `lab2 report` writes beside a sweep's experiments: not submissions
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+@-]*$")  # a submission's name names its score file
 # peft's key for a LoRA matrix of a linear layer: base_model.model.<the layer's name in the base model>.lora_A.weight
 LORA_KEY = re.compile(r"^base_model\.model\.(?P<layer>.+)\.lora_(?P<part>[AB])\.weight$")
@@ -265,7 +265,8 @@ def score(params: str, out: str, name: str, key: str, adapter: str | None, claim
     start = time.perf_counter()
     model = modeling.load_base_model(cfg.model) if adapter is None else modeling.load_trained_model(cfg, adapter)
     evaluation = evaluate.evaluate_model(model, tokenizer, splits, cfg.eval)
-    scored = {"name": name, "key": key, "status": "scored", "adapter": adapter, "claimed": claimed, "eval": evaluation,
+    size = (Path(adapter) / ADAPTER_WEIGHTS).stat().st_size if adapter else None
+    scored = {"name": name, "key": key, "status": "scored", "adapter": adapter, "adapter_bytes": size, "claimed": claimed, "eval": evaluation,
               "split_fingerprint": splits.stats["fingerprint"], "seconds": time.perf_counter() - start}
     runs.write_json_atomic(score_path(Path(out), name), scored)
     return scored
@@ -305,12 +306,12 @@ def grade(submissions: str | Path, params: str | Path, out: str | Path, referenc
     calls, refused, kept = {}, {}, 0
     base = read_score(out, BASE)
     if not base or base.get("key") != course.key:
-        calls[BASE] = (str(params), str(out), BASE, course.key, None, {})
+        calls[BASE] = (str(params), str(out.resolve()), BASE, course.key, None, {})
     for name, folder in entries:
         problem = file_problem(folder, max_bytes)
         key = None if problem else submission_key(folder, course.key)
         recorded = read_score(out, name) if key else None
-        if recorded and recorded.get("key") == key:
+        if recorded and recorded.get("key") == key and recorded["status"] != "failed":  # a failure is tried again
             kept += 1
             continue
         problem = problem or check_submission(folder, course, max_bytes)
@@ -344,7 +345,7 @@ def grade(submissions: str | Path, params: str | Path, out: str | Path, referenc
 
 GRADE_COLUMNS = (
     Column("rank", "rank", ".0f"), Column("name", "submission"), Column("status", "status"),
-    Column("measure_value", "ranking measure", ".4f"), Column("paired", "vs base model [95 %]"), Column("verdict", "verdict vs base"),
+    Column("paired", "vs base model [95 %]"), Column("verdict", "verdict vs base"),
     Column("reference_paired", "vs reference [95 %]"), Column("reference_verdict", "verdict vs reference"),
     Column("val_loss", "val loss", ".4f"), Column("val_loss_clean", "clean val loss", ".4f"), Column("test_loss", "test loss", ".4f"),
     Column("val_bpb", "val bits/byte", ".4f"),
@@ -357,10 +358,10 @@ GRADE_COLUMNS = (
 # The gradebook's CSV: numbers as numbers, each interval as its two ends.
 CSV_COLUMNS = ["rank", "name", "status", "reason", "measure", "measure_value", "paired_delta", "paired_low", "paired_high", "verdict",
                "reference_delta", "reference_low", "reference_high", "reference_verdict", "val_loss", "val_loss_clean", "test_loss",
-               "val_bpb", "test_bpb", "claimed_val_loss", "claimed_test_loss", "exact_match", "exact_match_items",
-               "em_vs_base_delta", "em_vs_base_low", "em_vs_base_high", "ifeval", "ifeval_prompts", "ifeval_vs_base_delta",
-               "ifeval_vs_base_low", "ifeval_vs_base_high", "knowledge", "knowledge_questions", "knowledge_vs_base_delta",
-               "knowledge_vs_base_low", "knowledge_vs_base_high", "adapter_mb", "seconds", "key"]
+               "val_bpb", "test_bpb", "claimed_val_loss", "claimed_test_loss",
+               *(column for share in comparison.SHARES.values() for column in (share.column, share.items_column)),
+               *(f"{prefix}_vs_base_{k}" for prefix in comparison.SHARES for k in ("delta", "low", "high", "verdict")),
+               "adapter_mb", "seconds", "key"]
 
 
 def paired_against(evaluation: dict, other: dict | None, measure: str, noise: float | None) -> dict:
@@ -384,8 +385,8 @@ def submission_row(scored: dict, base: dict | None, reference: dict | None, meas
     row.update({k: ev.get(k) for k in ("val_loss", "val_loss_clean", "test_loss")}, val_bpb=ev.get("val_bits_per_byte"),
                test_bpb=ev.get("test_bits_per_byte"), measure_value=ev.get(measure), seconds=scored["seconds"],
                claimed_val_loss=scored["claimed"].get("val_loss"), claimed_test_loss=scored["claimed"].get("test_loss"))
-    if scored.get("adapter"):
-        row["adapter_mb"] = (Path(scored["adapter"]) / ADAPTER_WEIGHTS).stat().st_size / 2**20
+    if scored.get("adapter_bytes"):
+        row["adapter_mb"] = scored["adapter_bytes"] / 2**20
     if base:
         found = paired_against(ev, base["eval"], measure, noise)
         row.update(paired_delta=found["delta"], paired_low=found["low"], paired_high=found["high"], verdict=found["verdict"])
@@ -447,15 +448,15 @@ class ClassReport:
         cfg, course = self.course.cfg, self.course
         counts = self.frame["status"].value_counts()
         scored = int(counts.get("scored", 0)) - (self.base is not None) - (self.reference is not None)
-        noise = (f"the seed sigma the course's design declares ({self.noise:.4f}, {cfg.design.measured})" if self.noise else
-                 "no seed noise declared (a `design:` section for this measure in the course's params gives it), so an interval that "
-                 "excludes zero reads 'noise unknown'")
+        noise = (f"Seed noise: the sigma the course's design declares, {self.noise:.4f} ({cfg.design.measured})." if self.noise else
+                 "No seed noise is declared (a `design:` section for this measure in the course's params gives it): where an interval "
+                 "excludes zero, the verdict reads 'noise unknown'.")
         return [
             f"Course: {course.params} (base model {cfg.model.name}; held-out split {course.fingerprint} of {cfg.data.source}, "
             f"split seed {cfg.data.split_seed}, {len(course.splits.validation)} validation and {len(course.splits.test)} test conversations).",
             f"{scored} submissions scored, {int(counts.get('refused', 0))} refused by a check, {int(counts.get('failed', 0))} failed while scoring.",
             f"Ranked on {comparison.MEASURES[self.measure]}, lower is better; each against the base model (adapter off) on the same "
-            f"conversations, with the paired 95 % interval. Verdicts use {noise}.",
+            f"conversations, with the paired 95 % interval. {noise}",
             comparison.VERDICT_RULE.replace("against the baseline", "against the base model"),
             "Claimed figures are the run's own records; lab2's are measured here. Every share (exact match, IFEval, knowledge) "
             "is paired with the base model's on the same items.",
@@ -479,7 +480,8 @@ class ClassReport:
         markdown.write_text("# Class report\n\n" + "\n\n".join(self.lines()) + "\n\n" + markdown_table(table) + "\n"
                             + (f"\n![paired differences]({figure.name})\n" if figure.is_file() else ""))
         csv = self.out / "grades.csv"
-        self.frame.reindex(columns=CSV_COLUMNS).to_csv(csv, index=False)
+        counts = {"rank": "Int64", **{share.items_column: "Int64" for share in comparison.SHARES.values()}}
+        self.frame.reindex(columns=CSV_COLUMNS).astype(counts).to_csv(csv, index=False)
         page = self.out / "index.html"
         figure_html = f'<img src="{figure.name}" alt="paired differences" style="max-width: 640px">' if figure.is_file() else ""
         from html import escape

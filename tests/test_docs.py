@@ -12,6 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 # What `make sweep` and `make report` write at the top of a sweep's folder (docs/outputs.md).
 SWEEP_FILES = {"index.html", "EXPERIMENT_REPORT.md", "report.ipynb", "report.html", "html", "report_figures"}
+GRADED, GRADE_FILES = "-grade", {"index.html", "CLASS_REPORT.md", "grades.csv", "class_differences.png", "scores"}  # `make grade`
 GENERATED_PARAMS = {"exp_best_combination.yaml"}  # written by `make report` into the sweep's params folder
 PATH = re.compile(r"\b(params|outputs)/[A-Za-z0-9_.*/-]*")  # stops at a placeholder such as <sweep>
 
@@ -54,6 +55,8 @@ def wrong_path(path: str) -> str | None:
     if len(parts) == 1:
         return None
     known = sweeps()
+    if parts[1].removesuffix(GRADED) in known and parts[1].endswith(GRADED):  # `make grade`'s folder beside the sweep's
+        return None if len(parts) == 2 or parts[2] in GRADE_FILES else f"`make grade` writes no {parts[2]!r}"
     if parts[1] not in known:
         return f"no params folder is named {parts[1]!r}, so no sweep writes outputs/{parts[1]}"
     if len(parts) > 2 and "*" not in parts[2] and parts[2] not in SWEEP_FILES:
@@ -91,6 +94,7 @@ def test_every_params_and_outputs_path_the_pages_name_exists():
     ("outputs/smol/baseline-seed1/", None), ("outputs/smol/index.html", None), ("outputs/qlora/", None),
     ("outputs/smol/lr_5e-3/metrics.json", "no run 'lr_5e-3' in params/smol"),
     ("outputs/tiny/", "no params folder is named 'tiny', so no sweep writes outputs/tiny"),
+    ("outputs/smol-grade/grades.csv", None), ("outputs/smol-grade/x.csv", "`make grade` writes no 'x.csv'"),
 ])
 def test_the_path_check_tells_a_real_path_from_a_stale_one(path, problem):
     assert wrong_path(path) == problem

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from lab2 import cli, grade, runs
+from tests.conftest import EXPORT_FILES
 
 COURSE = "params/tiny_random/baseline.yaml"  # the swept checkout's params: what the students were given
 
@@ -43,9 +44,10 @@ def a_class(swept, tmp_path, tiny_model_dir, monkeypatch):
     from lab2.config import load_config
 
     monkeypatch.chdir(swept)  # the course's relative paths (model, data) resolve as they do for the students
+    # the sweep's own folder as a class, as `make grade` takes it: its runs, and its report's pages (not submissions)
     room = tmp_path / "class"
-    for name in ("baseline", "lr_high"):
-        copy_submission(swept / "outputs" / name, room / name)
+    shutil.copytree(swept / "outputs", room, symlinks=True, ignore=lambda folder, names: [n for n in names if n in EXPORT_FILES])
+    assert {"html", "report_figures", "baseline", "lr_high"} <= {p.name for p in room.iterdir()}
     train.run(load_config(COURSE, {"experiment": "seed7", "train": {"seed": 7}}), tmp_path / "more")
     copy_submission(tmp_path / "more" / "seed7", room / "seed7")
 
@@ -145,3 +147,88 @@ def test_the_command_line_names_a_bad_course_in_one_line(tmp_path, capsys):
     assert cli.main(["grade", str(tmp_path / "class"), "--params", str(tmp_path / "missing.yaml")]) == 2
     assert capsys.readouterr().err.count("\n") == 1
     assert cli.main(["grade", str(tmp_path / "nowhere"), "--params", str(tmp_path / "missing.yaml")]) == 2
+
+
+def test_grade_on_ray_scores_as_the_local_executor(swept, tmp_path, monkeypatch):
+    """EXECUTOR=ray: one submission per Ray task (here a local instance); the same scores as the sweep's own
+    evaluation of the same adapters."""
+    import functools
+
+    import ray
+
+    from lab2.ray_executor import map_on_ray
+
+    monkeypatch.chdir(swept)  # Ray's workers start where the driver stands: the course's relative paths resolve
+    room = tmp_path / "class"
+    for name in ("baseline", "lr_high"):
+        copy_submission(swept / "outputs" / name, room / name)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        report = grade.grade(room, COURSE, tmp_path / "graded", reference=room / "baseline",
+                             execute=functools.partial(map_on_ray, grade.score, poll_seconds=1.0))
+    finally:
+        ray.shutdown()
+    scored = report.scored().set_index("name")
+    assert set(scored.index) == {"baseline", "lr_high"}
+    for name in ("baseline", "lr_high"):
+        own = runs.read_metrics(swept / "outputs" / name)["eval"]
+        assert scored.loc[name, "val_loss_clean"] == pytest.approx(own["val_loss_clean"], rel=1e-6)
+        assert scored.loc[name, "test_loss"] == pytest.approx(own["test_loss"], rel=1e-6)
+    assert report.base is not None and report.base["status"] == "scored"
+    # against the reference adapter (the baseline's own): itself exactly, the other run by their paired difference
+    assert (scored.loc["baseline", "reference_delta"], scored.loc["baseline", "reference_high"]) == (0.0, 0.0)
+    own = {name: runs.read_metrics(swept / "outputs" / name)["eval"]["val_loss_clean"] for name in ("baseline", "lr_high")}
+    assert scored.loc["lr_high", "reference_delta"] == pytest.approx(own["lr_high"] - own["baseline"], rel=1e-6)
+    assert "vs reference [95 %]" in (tmp_path / "graded" / "CLASS_REPORT.md").read_text()
+
+
+LAYERS = {"model.layers.0.self_attn.q_proj": (16, 8)}  # (out, in) features of a base model's one linear layer
+KEY = "base_model.model.model.layers.0.self_attn.q_proj"
+
+
+def hand_in(folder: Path, tensors: dict | None = None, config: dict | None = None) -> Path:
+    """A submission of a LoRA adapter with these tensors (default: rank 2 on LAYERS' q_proj)."""
+    import torch
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True)
+    tensors = tensors if tensors is not None else {f"{KEY}.lora_A.weight": torch.zeros(2, 8), f"{KEY}.lora_B.weight": torch.zeros(16, 2)}
+    save_file(tensors, str(folder / grade.ADAPTER_WEIGHTS))
+    (folder / grade.ADAPTER_CONFIG).write_text(json.dumps(config or {"peft_type": "LORA", "r": 2}))
+    return folder
+
+
+@pytest.mark.parametrize("change, reason", [
+    (None, None),
+    ("size", "over the limit of 0 MB (--max-adapter-mb)"),
+    ("name", "name 'my adapter': letters, digits"),
+    ("no weights", "no adapter_model.safetensors beside adapter_config.json"),
+    ("ia3", "peft_type 'IA3': a LoRA adapter is expected"),
+    ("not json", "adapter_config.json: not valid JSON"),
+    ("not safetensors", "adapter_model.safetensors: not a safetensors file"),
+    ("dora", "lora_magnitude_vector: not a LoRA matrix of a linear layer"),
+    ("other layer", "the course's base model has no linear layer model.layers.0.mlp.up_proj"),
+    ("unpaired", "lora_A and lora_B do not pair"),
+    ("pickle only", "adapter_model.pt: pickle files are refused"),
+])
+def test_each_check_refuses_in_one_line(tmp_path, change, reason):
+    import torch
+
+    name = "my adapter" if change == "name" else "student"
+    tensors = {"dora": {f"{KEY}.lora_A.weight": torch.zeros(2, 8), f"{KEY}.lora_magnitude_vector": torch.zeros(16)},
+               "other layer": {"base_model.model.model.layers.0.mlp.up_proj.lora_A.weight": torch.zeros(2, 8)},
+               "unpaired": {f"{KEY}.lora_A.weight": torch.zeros(2, 8), f"{KEY}.lora_B.weight": torch.zeros(16, 3)}}.get(change)
+    folder = hand_in(tmp_path / name, tensors, {"peft_type": "IA3"} if change == "ia3" else None)
+    if change == "no weights":
+        (folder / grade.ADAPTER_WEIGHTS).unlink()
+    if change == "not json":
+        (folder / grade.ADAPTER_CONFIG).write_text("{peft_type: LORA")
+    if change == "not safetensors":
+        (folder / grade.ADAPTER_WEIGHTS).write_bytes(b"\x00" * 64)
+    if change == "pickle only":
+        (folder / grade.ADAPTER_WEIGHTS).rename(folder / "adapter_model.pt")
+    found = grade.file_problem(folder, 0 if change == "size" else 2**20) or grade.adapter_problem(folder, LAYERS)
+    if reason is None:
+        assert found is None
+    else:
+        assert found is not None and reason in found and "\n" not in found, found
