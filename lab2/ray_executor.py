@@ -66,6 +66,8 @@ def map_on_ray(function, calls: dict[str, tuple], address: str | None = None, cp
 
 def run_on_ray(plan: list[tuple[Path, dict]], out_root: Path, address: str | None = None, cpus: float = 1,
                gpus: float | None = None, copy_back: bool = False, poll_seconds: float = 5.0) -> list[Outcome]:
+    import ray
+
     task = ray_task(_run_task, address, cpus, gpus)
     out_root = out_root.resolve()
     labels = {}
