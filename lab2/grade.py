@@ -43,7 +43,7 @@ SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+@-]*$")  # a submission's name
 # peft's key for a LoRA matrix of a linear layer: base_model.model.<the layer's name in the base model>.lora_A.weight
 LORA_KEY = re.compile(r"^base_model\.model\.(?P<layer>.+)\.lora_(?P<part>[AB])\.weight$")
 DEFAULT_MAX_ADAPTER_MB = 512  # a rank-64 adapter on every linear layer of Llama-3.2-1B is about 180 MB in fp32
-BASE, REFERENCE = "base model", "reference"
+BASE, REFERENCE = "base model", "reference adapter"  # names no submission can have (SAFE_NAME)
 
 
 # --------------------------------------------------------------------------- the course
@@ -466,15 +466,18 @@ class ClassReport:
         """DIR/CLASS_REPORT.md, DIR/index.html, DIR/grades.csv and the figure DIR/class_differences.png."""
         import matplotlib
 
-        matplotlib.use("Agg")
+        matplotlib.use("Agg")  # a command, never a window
+        import matplotlib.pyplot as plt
+
         from lab2.plots import plot_paired_differences
 
         figure = self.out / "class_differences.png"
-        drawn = self.frame[self.frame.get("paired_delta", pd.Series(dtype=float)).notna()].rename(columns={"name": "group"}) \
-            if "paired_delta" in self.frame else pd.DataFrame()
+        figure.unlink(missing_ok=True)  # never an older class's
+        drawn = self.frame[self.frame["paired_delta"].notna()].rename(columns={"name": "group"})
         if not drawn.empty:
             fig = plot_paired_differences(drawn, self.noise, comparison.unit_of(self.measure), against="the base model")
             fig.savefig(figure, dpi=110)
+            plt.close(fig)
         table = formatted(self.frame, self.columns())
         markdown = self.out / "CLASS_REPORT.md"
         markdown.write_text("# Class report\n\n" + "\n\n".join(self.lines()) + "\n\n" + markdown_table(table) + "\n"
@@ -489,7 +492,9 @@ class ClassReport:
         page.write_text("<!doctype html><meta charset='utf-8'><title>lab2 class report</title>"
                         "<style>body { font-family: sans-serif; margin: 24px; } table { border-collapse: collapse; font-size: 0.85em; }"
                         " td, th { border: 1px solid #ccc; padding: 3px 6px; }</style><h1>Class report</h1>"
-                        + "".join(f"<p>{escape(line)}</p>" for line in self.lines()) + html_table(table) + figure_html)
+                        # what and how many first, then the table; how to read it under the table, beside the figure
+                        + "".join(f"<p>{escape(line)}</p>" for line in self.lines()[:2]) + html_table(table)
+                        + "".join(f"<p>{escape(line)}</p>" for line in self.lines()[2:]) + figure_html)
         print(f"wrote {page} (open this first), {markdown}, {csv}" + (f" and {figure}" if figure.is_file() else ""), flush=True)
         return {"html": page, "markdown": markdown, "csv": csv, "figure": figure}
 
