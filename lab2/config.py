@@ -96,6 +96,9 @@ class TrainSection(_Section):
     # Also push each checkpoint to this Hub repo (token from HF_TOKEN only), and resume from it
     # when no local checkpoint exists, e.g. on a fresh Colab VM. Not part of the config hash either.
     checkpoint_hub_repo: str | None = None
+    # Curves while the run trains: tensorboard writes event files into OUT/<experiment>/tensorboard/ (offline;
+    # `%tensorboard --logdir OUT` on Colab). Not part of the config hash: watching a run does not change it.
+    tracker: Literal["none", "tensorboard"] = "none"
 
     @model_validator(mode="after")
     def _one_length_and_schedule_fits(self) -> "TrainSection":
@@ -242,7 +245,7 @@ class ExperimentConfig(_Section):
         The eval and export sections are left out: new prompts re-evaluate, another merge re-exports,
         neither retrains; so is the sweep's declared design, which describes runs and changes none."""
         data = {k: v for k, v in self.to_dict().items() if k not in ("eval", "export", "design")}
-        data["train"] = {k: v for k, v in data["train"].items() if k not in ("checkpoint_dir", "checkpoint_hub_repo")}
+        data["train"] = {k: v for k, v in data["train"].items() if k not in ("checkpoint_dir", "checkpoint_hub_repo", "tracker")}
         return stable_hash(data)
 
     @property

@@ -204,6 +204,7 @@ def _measured_subclass(sft_trainer: type) -> type:
             self.positions = 0  # token positions computed, padding included
             self.trained_tokens = 0  # tokens that carry loss (assistant replies)
             self.eval_seconds = 0.0
+            self._train_start = time.perf_counter()
 
         def training_step(self, model, inputs, num_items_in_batch=None):
             mask = inputs.get("attention_mask")
@@ -227,6 +228,14 @@ def _measured_subclass(sft_trainer: type) -> type:
             folder = Path(self._get_output_dir(trial)) / f"checkpoint-{self.state.global_step}"
             write_run_identity(folder, self.run_identity)
             return super()._save_checkpoint(model, trial)
+
+        def log(self, logs, *args, **kwargs):
+            if "loss" in logs:  # a training step's log: the tokens per second since the last one, for the tracker
+                now = time.perf_counter()
+                since, tokens = getattr(self, "_last_log", (self._train_start, 0))
+                logs["tokens_per_second"] = (self.tokens_seen - tokens) / max(now - since, 1e-9)
+                self._last_log = (now, self.tokens_seen)
+            return super().log(logs, *args, **kwargs)
 
         def evaluate(self, *args, **kwargs):
             start = time.perf_counter()
@@ -331,7 +340,7 @@ def train_experiment(cfg: ExperimentConfig, model, tokenizer, splits: Splits, ex
     checkpoint_dir, resume_from = checkpoint_plan(cfg, exp_dir, identity)
     record = running_record(cfg, model, splits, resume_from)
     runs.write_record(exp_dir, "train", record)
-    trainer, nan_guard = build_trainer(cfg, model, tokenizer, splits, checkpoint_dir, identity)
+    trainer, nan_guard = build_trainer(cfg, model, tokenizer, splits, checkpoint_dir, identity, tracker_callbacks(cfg, exp_dir, resume_from))
     # Training's own peak from here: on a CPU, loading (fp32 weights read, then quantised to nf4) peaks on its own.
     load_peak_mb = runs.peak_memory_mb()
     runs.reset_peak_memory()
@@ -389,8 +398,31 @@ def running_record(cfg: ExperimentConfig, model, splits: Splits, resume_from: Pa
     }
 
 
-def build_trainer(cfg: ExperimentConfig, model, tokenizer, splits: Splits, checkpoint_dir: Path, identity: dict):
-    """lab2's SFT trainer for this run, and its non-finite-loss guard."""
+TRACKER_DIR = "tensorboard"  # in the run's own folder: `make clean` removes it, the report links it, a resume continues it
+
+
+def tracker_callbacks(cfg: ExperimentConfig, exp_dir: Path, resume_from: Path | None) -> list:
+    """The run's live curves (`train.tracker`): transformers' own TensorBoardCallback, writing event files into
+    OUT/<experiment>/tensorboard/ (training loss, learning rate, grad norm, tokens per second, validation loss).
+    A resumed run hides what the interrupted one logged after its checkpoint (SummaryWriter's purge_step),
+    so its curves continue with no stretch drawn twice; a run that starts afresh starts empty curves."""
+    if cfg.train.tracker == "none":
+        return []
+    from torch.utils.tensorboard import SummaryWriter
+    from transformers.integrations import TensorBoardCallback
+
+    folder = exp_dir / TRACKER_DIR
+    if resume_from is None:
+        shutil.rmtree(folder, ignore_errors=True)  # another run's curves (an older config) are not this one's
+    purge = int(resume_from.name.rsplit("-", 1)[1]) + 1 if resume_from is not None else None  # checkpoint-N
+    callback = TensorBoardCallback(SummaryWriter(log_dir=str(folder), purge_step=purge))
+    callback.logging_dir = str(folder)  # where it writes again after training ends (a final evaluation)
+    return [callback]
+
+
+def build_trainer(cfg: ExperimentConfig, model, tokenizer, splits: Splits, checkpoint_dir: Path, identity: dict,
+                  callbacks: list = ()):
+    """lab2's SFT trainer for this run, and its non-finite-loss guard; `callbacks`: the tracker's."""
     nan_guard = non_finite_loss_guard()
     trainer = measured_trainer_class()(
         model=model,
@@ -398,7 +430,7 @@ def build_trainer(cfg: ExperimentConfig, model, tokenizer, splits: Splits, check
         train_dataset=splits.train,
         eval_dataset=splits.validation,
         processing_class=tokenizer,
-        callbacks=[nan_guard, checkpoint_announcer(cfg.experiment)],
+        callbacks=[nan_guard, checkpoint_announcer(cfg.experiment), *callbacks],
     )
     trainer.run_identity = identity
     if backend.resolve_backend(cfg.model) == "hf":  # Unsloth's trainer keeps its own adapter dtype
