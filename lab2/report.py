@@ -18,6 +18,7 @@ from lab2.comparison import (
     configs_by_group, declaration, factor_effects, group_of, load_runs, minimum_detectable_difference,
     paired_difference, per_conversation, rank_groups, seed_noise, unit_of, verdict,
 )
+from lab2.estimate import estimate_against_measured
 from lab2.plots import plot_against_base, plot_cost_vs_benefit, plot_loss_curves, plot_paired_differences, plot_val_loss_by_factor
 
 BEST_COMBINATION = f"{BEST_COMBINATION_NAME}.yaml"
@@ -587,6 +588,7 @@ class Report:
         self.findings += ifeval_findings(self.ranked, self.baseline, self.base_model)
         self.findings += knowledge_findings(self.ranked, self.baseline, self.base_model)
         self.findings += data_findings(self.complete, self.ranked, self.baseline, self.measure)
+        self.findings += [line for line in [estimate_against_measured(Path(output_root))] if line]
         self.best_combination = best_combination(self.complete, self.effects, self.baseline)
         self.best_run = best_run(self.complete, self.ranked)
         self.sample_answers = sample_answers_table(self.best_run)

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from lab2 import runs
+from lab2 import estimate, runs
 from lab2.config import ConfigError, deep_merge, experiment_files, load_config, merged_layers, sweep_output_folder
 from lab2.notebook_runner import REPO_ROOT, experiment_kernel, portable_path, reset_kernel_namespace, run_notebook
 
@@ -210,7 +210,8 @@ def build_missing_models(files: list[Path], overrides: dict | None = None) -> No
 
 
 def run_locally(plan: list[tuple[Path, dict]], out_root: Path) -> list[Outcome]:
-    """The default executor: one run after another, in this process's kernels."""
+    """The default executor: one run after another, in this process's kernels; after each, the time the rest
+    will take, from what the runs so far measured (lab2.estimate)."""
     outcomes = []
     show_cells = sys.stderr.isatty()
     start = time.perf_counter()
@@ -220,7 +221,25 @@ def run_locally(plan: list[tuple[Path, dict]], out_root: Path) -> list[Outcome]:
         outcome = run_experiment(params_file, out_root, run_overrides, show_cells)
         outcomes.append(outcome)
         print(f"[{i}/{len(plan)}] {describe(outcome)}", flush=True)
+        if outcome.status != "skipped":
+            estimate.record_run_seconds(out_root, outcome.wall_seconds)
+        left = still_to_run(plan[i:], out_root)
+        if left:
+            print(f"[{i}/{len(plan)}] remaining: {estimate.record_estimate(out_root, i + 1, len(plan), left)}", flush=True)
     return outcomes
+
+
+def still_to_run(plan: list[tuple[Path, dict]], out_root: Path) -> list[dict]:
+    """The resolved configs of the planned runs that are not complete in OUT (a skipped one costs nothing)."""
+    configs = []
+    for params_file, run_overrides in plan:
+        try:
+            cfg = load_config(params_file, run_overrides)
+        except ConfigError:
+            continue  # it fails at once, with its own message
+        if not all(stage_done(stage, out_root / cfg.experiment, cfg) for stage, _ in STAGES):
+            configs.append(cfg.to_dict())
+    return configs
 
 
 Executor = Callable[[list[tuple[Path, dict]], Path], list[Outcome]]
@@ -239,6 +258,9 @@ def run_sweep(sweep: str | Path, out_root: str | Path | None = None, overrides: 
     name = getattr(execute, "__name__", None) or getattr(getattr(execute, "func", None), "__name__", "executor")
     print(f"sweep {sweep}: {len(plan)} runs of {len(files)} params files -> {out_root}/ ({name})", flush=True)
     print(design_declaration(plan), flush=True)
+    left = still_to_run(plan, out_root)
+    print(f"Plan: {len(plan)} runs, {len(left)} to run, {len(plan) - len(left)} already complete (skipped); "
+          + (estimate.record_estimate(out_root, 1, len(plan), left) if left else "nothing to run"), flush=True)
     outcomes = execute(plan, out_root)
     total = time.perf_counter() - sweep_start
     failed = sum(o.status == "failed" for o in outcomes)

@@ -11,7 +11,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 # What `make sweep` and `make report` write at the top of a sweep's folder (docs/outputs.md).
-SWEEP_FILES = {"index.html", "EXPERIMENT_REPORT.md", "report.ipynb", "report.html", "html", "report_figures"}
+SWEEP_FILES = {"index.html", "EXPERIMENT_REPORT.md", "report.ipynb", "report.html", "html", "report_figures", "sweep_plan.json"}
 GRADED, GRADE_FILES = "-grade", {"index.html", "CLASS_REPORT.md", "grades.csv", "class_differences.png", "scores"}  # `make grade`
 GENERATED_PARAMS = {"exp_best_combination.yaml"}  # written by `make report` into the sweep's params folder
 PATH = re.compile(r"\b(params|outputs)/[A-Za-z0-9_.*/-]*")  # stops at a placeholder such as <sweep>

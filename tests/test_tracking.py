@@ -31,7 +31,10 @@ def assert_curves_hold_the_record(found: dict, train: dict) -> None:
     assert all(v > 0 for _, v in found["train/tokens_per_second"])
 
 
-def test_a_sweep_with_the_tracker_writes_the_records_curves(params_tree, tmp_path):
+def test_a_sweep_with_the_tracker_writes_the_records_curves_and_says_how_long(params_tree, tmp_path, capsys):
+    import json
+
+    from lab2.estimate import PLAN_FILE, estimate_against_measured
     from lab2.sweep import run_sweep
 
     params_tree("s/watched.yaml", {"train": {"tracker": "tensorboard"}})
@@ -39,6 +42,19 @@ def test_a_sweep_with_the_tracker_writes_the_records_curves(params_tree, tmp_pat
     out = tmp_path / "out"
     outcomes = run_sweep(tmp_path / "params" / "s", out)
     assert [o.status for o in outcomes] == ["complete", "complete"]
+
+    # How long: nothing measured before the first run; after it, an estimate for the second from what it measured
+    printed = capsys.readouterr().out
+    assert "Plan: 2 runs, 2 to run, 0 already complete (skipped); no estimate yet: no complete run of" in printed
+    assert "[1/2] remaining: about " in printed and "for 1 run (from 1 run measured on this machine)" in printed
+    plan = json.loads((out / PLAN_FILE).read_text())
+    assert [e["seconds"] is None for e in plan["estimates"]] == [True, False]
+    assert plan["run_seconds"] == [o.wall_seconds for o in outcomes]
+    line = estimate_against_measured(out)
+    assert line.startswith("Time: estimated ") and "for 1 run after run 1 (nothing measured before it); they took" in line
+    # a second sweep over the same runs: nothing to run, and an estimate from what is measured now
+    run_sweep(tmp_path / "params" / "s", out)
+    assert "Plan: 2 runs, 0 to run, 2 already complete (skipped); nothing to run" in capsys.readouterr().out
     watched = runs.read_metrics(out / "watched")
     assert_curves_hold_the_record(curves(out / "watched" / TRACKER_DIR), watched["train"])
     assert not list((out / "unwatched").rglob("events.out.tfevents*"))  # off: nothing written, anywhere
