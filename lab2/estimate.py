@@ -135,7 +135,7 @@ def base_evaluated(out_root: Path, key: str) -> bool:
 
 
 def minutes(seconds: float) -> str:
-    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min" if seconds < 1200 else f"{seconds / 60:.0f} min"
 
 
 # --------------------------------------------------------------------------- the sweep's own record: estimate against measured
@@ -179,4 +179,4 @@ def estimate_against_measured(out_root: Path) -> str | None:
         return None  # the runs it covered have not all finished here (a shard, an interrupted sweep)
     when = "before its first run" if first["before_run"] == 1 else f"after run {first['before_run'] - 1} (nothing measured before it)"
     return (f"Time: estimated {minutes(first['seconds'])} for {count(first['runs_left'], 'run')} {when}; they took {minutes(sum(took))} "
-            f"({100 * (sum(took) - first['seconds']) / first['seconds']:+.0f} %).")
+            f"({100 * (sum(took) - first['seconds']) / first['seconds']:+.1f} %).")

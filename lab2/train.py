@@ -204,7 +204,7 @@ def _measured_subclass(sft_trainer: type) -> type:
             self.positions = 0  # token positions computed, padding included
             self.trained_tokens = 0  # tokens that carry loss (assistant replies)
             self.eval_seconds = 0.0
-            self._train_start = time.perf_counter()
+            self.last_log = (time.perf_counter(), 0)  # (when, tokens seen) at the last training log: tokens/s between logs
 
         def training_step(self, model, inputs, num_items_in_batch=None):
             mask = inputs.get("attention_mask")
@@ -231,10 +231,9 @@ def _measured_subclass(sft_trainer: type) -> type:
 
         def log(self, logs, *args, **kwargs):
             if "loss" in logs:  # a training step's log: the tokens per second since the last one, for the tracker
-                now = time.perf_counter()
-                since, tokens = getattr(self, "_last_log", (self._train_start, 0))
+                now, (since, tokens) = time.perf_counter(), self.last_log
                 logs["tokens_per_second"] = (self.tokens_seen - tokens) / max(now - since, 1e-9)
-                self._last_log = (now, self.tokens_seen)
+                self.last_log = (now, self.tokens_seen)
             return super().log(logs, *args, **kwargs)
 
         def evaluate(self, *args, **kwargs):
@@ -398,7 +397,7 @@ def running_record(cfg: ExperimentConfig, model, splits: Splits, resume_from: Pa
     }
 
 
-TRACKER_DIR = "tensorboard"  # in the run's own folder: `make clean` removes it, the report links it, a resume continues it
+TRACKER_DIR = "tensorboard"  # in the run's own folder: `make clean` removes it, a resume continues it, --logdir OUT finds all
 
 
 def tracker_callbacks(cfg: ExperimentConfig, exp_dir: Path, resume_from: Path | None) -> list:
