@@ -41,6 +41,7 @@ class Measured:
     besides_training: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))  # by base key
     base_evaluation: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))  # by base key
     steps: dict[str, int] = field(default_factory=dict)  # by steps_key
+    bases_in_out: set[str] = field(default_factory=set)  # base keys some run in OUT evaluated (the others reuse it)
     runs: int = 0
 
 
@@ -69,6 +70,8 @@ def measured_here(out_root: Path) -> Measured:
             found.seconds_per_step[shape_key(metrics["config"])].append(train["training_time_seconds"] / train["total_steps"])
             found.steps[steps_key(metrics["config"])] = train["total_steps"]
             base = evaluation.get("base") or {}
+            if base and root == out_root:
+                found.bases_in_out.add(key)
             base_seconds = 0.0 if base.get("reused_from") else base.get("eval_seconds", 0.0)
             if base_seconds:
                 found.base_evaluation[key].append(base_seconds)
@@ -78,14 +81,15 @@ def measured_here(out_root: Path) -> Measured:
     return found
 
 
-def run_seconds(config: dict, measured: Measured) -> float | None:
-    """One run's estimated seconds, base model's evaluation apart; None where this machine has no figure for it."""
+def run_parts(config: dict, measured: Measured) -> tuple[int, float, float] | None:
+    """(steps, seconds per step, seconds besides training) of one run, from the medians measured; None where this
+    machine has no figure for it."""
     steps = config["train"]["max_steps"] or measured.steps.get(steps_key(config))
     per_step = measured.seconds_per_step.get(shape_key(config))
     besides = measured.besides_training.get(base_key(config))
     if not steps or not per_step or not besides:
         return None
-    return steps * statistics.median(per_step) + statistics.median(besides)
+    return steps, statistics.median(per_step), statistics.median(besides)
 
 
 def remaining(configs: list[dict], out_root: Path) -> tuple[float | None, str]:
@@ -93,15 +97,16 @@ def remaining(configs: list[dict], out_root: Path) -> tuple[float | None, str]:
     measured = measured_here(out_root)
     total, bases = 0.0, set()
     for config in configs:
-        seconds = run_seconds(config, measured)
-        if seconds is None:
+        parts = run_parts(config, measured)
+        if parts is None:
             return None, (f"no estimate yet: no complete run of {config['model']['name']} at batch {config['train']['batch_size']} "
                           "with these eval settings has been measured on this machine; the sweep estimates the rest after its first run")
         key = base_key(config)
-        if key not in bases and not base_evaluated(out_root, key):
+        if key not in bases and key not in measured.bases_in_out:
             bases.add(key)
             total += statistics.median(measured.base_evaluation.get(key) or [0.0])
-        total += seconds
+        steps, per_step, besides = parts
+        total += steps * per_step + besides
     return total, f"about {minutes(total)} for {count(len(configs), 'run')} (from {count(measured.runs, 'run')} measured on this machine)"
 
 
@@ -111,27 +116,17 @@ def run_line(cfg: ExperimentConfig, out_root: str | Path) -> str:
     if runs.is_complete(out_root / cfg.experiment, cfg.config_hash):
         return "Estimated time: none needed, this run is already complete with these params (its adapter is loaded)"
     measured = measured_here(out_root)
-    seconds = run_seconds(config, measured)
-    if seconds is None:
+    parts = run_parts(config, measured)
+    if parts is None:
         return (f"Estimated time: none yet, no complete run of {cfg.model.name} at batch {cfg.train.batch_size} with these eval "
                 "settings has been measured on this machine (this one will be)")
-    steps = config["train"]["max_steps"] or measured.steps[steps_key(config)]
-    per_step = statistics.median(measured.seconds_per_step[shape_key(config)])
-    return (f"Estimated time: about {minutes(seconds)} on this machine, {steps} steps at {per_step:.2f} s a step and "
-            f"{minutes(seconds - steps * per_step)} for loading and evaluation (medians of {count(measured.runs, 'run')} measured here)")
+    steps, per_step, besides = parts
+    return (f"Estimated time: about {minutes(steps * per_step + besides)} on this machine, {steps} steps at {per_step:.2f} s a step "
+            f"and {minutes(besides)} for loading and evaluation (medians of {count(measured.runs, 'run')} measured here)")
 
 
 def count(n: int, noun: str) -> str:
     return f"{n} {noun}" + ("" if n == 1 else "s")
-
-
-def base_evaluated(out_root: Path, key: str) -> bool:
-    """Whether a run in OUT already evaluated the base model for this key (the others reuse it)."""
-    for exp_dir in runs.experiment_dirs(out_root):
-        metrics = runs.read_metrics(exp_dir) or {}
-        if (metrics.get("eval") or {}).get("base") and base_key(metrics["config"]) == key:
-            return True
-    return False
 
 
 def minutes(seconds: float) -> str:

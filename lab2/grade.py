@@ -22,6 +22,7 @@ top or in `adapter/`, where lab2 saves it) and, when the student used lab2, the 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -76,16 +77,23 @@ def base_linear_shapes(model_name: str) -> dict[str, tuple[int, int]]:
     return {name: (m.out_features, m.in_features) for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
 
 
+@functools.cache
+def course_data(params: str) -> tuple[ExperimentConfig, object, object]:
+    """(config, tokenizer, held-out split) of the course, once per process: the driver's checks and every
+    submission scored in that process share them (a Ray worker loads its own once)."""
+    from lab2 import data, modeling
+
+    cfg = load_config(params)
+    tokenizer = modeling.load_tokenizer(cfg.model.name, cfg.data.chat_template)
+    return cfg, tokenizer, data.build_held_out(cfg.data, tokenizer, cfg.model.max_seq_length)
+
+
 class Course:
     """The course's params, its held-out split and what checks read from its base model, loaded once."""
 
     def __init__(self, params: str | Path):
-        from lab2 import data, modeling
-
         self.params = Path(params)
-        self.cfg = load_config(params)
-        self.tokenizer = modeling.load_tokenizer(self.cfg.model.name, self.cfg.data.chat_template)
-        self.splits = data.build_held_out(self.cfg.data, self.tokenizer, self.cfg.model.max_seq_length)
+        self.cfg, self.tokenizer, self.splits = course_data(str(params))
         self.fingerprint = self.splits.stats["fingerprint"]
         self.tokenizer_fingerprint = self.splits.stats["tokenizer_fingerprint"]
         self.key = course_key(self.cfg, self.fingerprint)
@@ -256,12 +264,10 @@ def score(params: str, out: str, name: str, key: str, adapter: str | None, claim
     """One task: the course's evaluation (lab2.evaluate.evaluate_model, as the sweep's evaluate.ipynb runs it)
     of the base model with this adapter (None: the base model alone), written to DIR/scores/<name>.json.
     The model is loaded as the sweep's evaluation loads a finished run (lab2.modeling.load_trained_model)."""
-    from lab2 import backend, data, evaluate, modeling
+    from lab2 import backend, evaluate, modeling
 
-    cfg = load_config(params)
+    cfg, tokenizer, splits = course_data(params)
     backend.import_backend(cfg.model)
-    tokenizer = modeling.load_tokenizer(cfg.model.name, cfg.data.chat_template)
-    splits = data.build_held_out(cfg.data, tokenizer, cfg.model.max_seq_length)
     start = time.perf_counter()
     model = modeling.load_base_model(cfg.model) if adapter is None else modeling.load_trained_model(cfg, adapter)
     evaluation = evaluate.evaluate_model(model, tokenizer, splits, cfg.eval)
@@ -417,8 +423,8 @@ class ClassReport:
         self.base = read_score(self.out, BASE)
         reference = read_score(self.out, REFERENCE) if REFERENCE in names else None
         self.reference = reference if reference and reference.get("status") == "scored" else None
-        rows = [submission_row(read_score(self.out, name), self.base, self.reference, self.measure, self.noise)
-                for name in names if read_score(self.out, name)]
+        rows = [submission_row(scored, self.base, self.reference, self.measure, self.noise)
+                for scored in (read_score(self.out, name) for name in names) if scored]
         if self.base and self.base.get("status") == "scored":
             rows.append({**submission_row(self.base, None, self.reference, self.measure, self.noise), "name": BASE})
         frame = pd.DataFrame(rows).reindex(columns=list(dict.fromkeys([*CSV_COLUMNS, *(c for r in rows for c in r)])))
